@@ -1,0 +1,3 @@
+from tokenseg.networks.tokenseg import TokenSeg, TokenSegAux
+
+__all__ = ["TokenSeg", "TokenSegAux"]

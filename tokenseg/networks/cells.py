@@ -1,0 +1,94 @@
+"""Cell grids: how a feature map is cut into tokens and how tokens go back.
+
+A level of spatial size ``(d, h, w)`` is partitioned into a grid of
+``(gd, gh, gw)`` non-overlapping cells: position ``j`` along an axis of size
+``n`` with ``g`` cells belongs to cell ``floor(j * g / n)``. The same rule
+serves pooling features into cells, painting cell values back onto the
+level, and mapping full-resolution voxels (a label) onto a level's cells, so
+the three always agree, whatever the sizes (``n`` need not be a multiple of
+``g``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["choose_grid", "axis_assignment", "pool_to_cells", "expand_cells"]
+
+
+def choose_grid(level_size: Sequence[int], max_cells: int) -> tuple[int, int, int]:
+    """Choose the cell grid of one level.
+
+    Returns the grid ``(gd, gh, gw)`` with the most cells not above
+    ``max_cells`` such that no axis gets more cells than it has positions;
+    among equal counts, the one whose cells are closest to cubes.
+
+    Args:
+        level_size: spatial size ``(d, h, w)`` of the level's feature map.
+        max_cells: requested number of cells (tokens) for this level.
+    """
+    if max_cells < 1:
+        raise ValueError(f"tokens per level must be >= 1, got {max_cells}.")
+    best: tuple[int, float, tuple[int, int, int]] | None = None
+    d, h, w = (int(s) for s in level_size)
+    for gd, gh in itertools.product(range(1, min(d, max_cells) + 1), range(1, min(h, max_cells) + 1)):
+        if gd * gh > max_cells:
+            continue
+        gw = min(w, max_cells // (gd * gh))
+        cell_logs = [math.log(n / g) for n, g in ((d, gd), (h, gh), (w, gw))]
+        mean = sum(cell_logs) / 3
+        anisotropy = sum((c - mean) ** 2 for c in cell_logs)
+        key = (gd * gh * gw, -anisotropy, (gd, gh, gw))
+        if best is None or key[:2] > best[:2]:
+            best = key
+    assert best is not None
+    return best[2]
+
+
+def axis_assignment(size: int, cells: int, stride: int = 1, device: torch.device | None = None) -> torch.Tensor:
+    """One-hot ``(cells, size)`` matrix assigning each position of an axis to its cell.
+
+    ``stride`` > 1 maps a full-resolution axis of ``size`` voxels onto the
+    cells of a level downsampled by ``stride`` (voxel ``j`` lies at level
+    position ``j // stride``).
+    """
+    level_size = size // stride
+    position = torch.arange(size, device=device) // stride
+    cell = (position * cells) // level_size
+    return (cell[None, :] == torch.arange(cells, device=device)[:, None]).float()
+
+
+def _apply_axes(x: torch.Tensor, matrices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Contract the three spatial axes of ``x`` (B, C, D, H, W) with one matrix each."""
+    md, mh, mw = (m.to(x.dtype) for m in matrices)
+    return torch.einsum("bcdhw,id,jh,kw->bcijk", x, md, mh, mw)
+
+
+def pool_to_cells(x: torch.Tensor, grid: Sequence[int], stride: int = 1, reduce: str = "mean") -> torch.Tensor:
+    """Pool ``x`` (B, C, D, H, W) onto ``grid``: (B, C, gd, gh, gw).
+
+    Args:
+        x: a level's feature map (``stride=1``), or a full-resolution map to
+            be pooled onto the cells of a level at ``stride``.
+        grid: cells per axis.
+        stride: the level's downsampling factor relative to ``x``.
+        reduce: ``"mean"`` (feature pooling) or ``"sum"`` (counting voxels).
+    """
+    matrices = [axis_assignment(n, g, stride, x.device) for n, g in zip(x.shape[2:], grid)]
+    pooled = _apply_axes(x, matrices)
+    if reduce == "sum":
+        return pooled
+    if reduce != "mean":
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}.")
+    counts = [m.sum(dim=1) for m in matrices]
+    return pooled / torch.einsum("i,j,k->ijk", *counts).to(x.dtype)
+
+
+def expand_cells(cells: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Paint each cell of ``cells`` (B, C, gd, gh, gw) over its positions: (B, C, *size)."""
+    matrices = [axis_assignment(n, g, 1, cells.device).T for n, g in zip(size, cells.shape[2:])]
+    return _apply_axes(cells, matrices)

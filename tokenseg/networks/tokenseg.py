@@ -1,0 +1,218 @@
+"""TokenSeg: hierarchical visual token compression for 3D segmentation.
+
+Where the tensor changes shape, for input x (B, C_in, D, H, W) and L levels:
+
+- encoder:   x -> f_1 .. f_L, f_l (B, C_l, D/2^l, H/2^l, W/2^l)
+- tokenizer: f_l -> N candidate tokens (B, N, E) and scores (B, N)
+- selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N)
+- mixer:     kept tokens (B, K, E) -> (B, K, E) (transformer blocks)
+- decoder:   tokens back into their cells, upsampling with skips -> (B, C_1, D/2, H/2, W/2)
+- head:      transposed conv to full resolution, 1x1x1 conv -> logits (B, C_out, D, H, W)
+
+The auxiliary results of the last forward pass (scores, kept indices, VQ
+loss, perplexity, cells of the kept tokens) are in ``network.aux``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from monai.networks.blocks import Convolution, TransformerBlock, UnetOutBlock
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+from tokenseg.networks.blocks import BLOCK_TYPES, EncoderStage
+from tokenseg.networks.cells import choose_grid
+from tokenseg.networks.decoder import SparseToDenseDecoder
+from tokenseg.networks.selection import SELECTION_MODES, select_tokens
+from tokenseg.networks.tokenizer import BoundaryAwareTokenizer
+
+__all__ = ["TokenSeg", "TokenSegAux"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenSegAux:
+    """Auxiliary results of a forward pass, for the loss and for logging."""
+
+    scores: torch.Tensor  # (B, N) importance logits
+    kept_indices: torch.Tensor  # (B, K) indices into the N candidate tokens
+    keep_mask: torch.Tensor  # (B, N) 0/1 forward, straight-through gradient in soft top-K training
+    vq_loss: torch.Tensor  # () commitment loss
+    perplexity: torch.Tensor  # () codebook perplexity of the batch
+    quantization_error: torch.Tensor  # (B, N) ||t - q(t)||
+    kept_cells: torch.Tensor  # (B, K, 4) (level, cell_d, cell_h, cell_w) of each kept token
+
+
+class TokenSeg(nn.Module):
+    """TokenSeg network (Zeng et al., arXiv 2601.04519), with the design choices of DESIGN.md.
+
+    Args:
+        in_channels: input channels (e.g. DCE-MRI phases).
+        out_channels: output classes, background included.
+        img_size: the patch size (D, H, W) the cell grids are laid out for;
+            each a multiple of ``2 ** len(widths)``. Other sizes whose every
+            level still has at least one position per cell also work.
+        widths: channels of the encoder levels, finest first; its length is
+            the number of levels L (strides 2, 4, ..., 2^L).
+        depths: blocks per level after the strided convolution (int or per level).
+        block_type: ``"residual"`` (MONAI UnetResBlock) or ``"decomposed"`` (DCFormer).
+        tokens_per_level: requested cells (candidate tokens) per level; a
+            level gets at most as many as it has positions.
+        num_kept_tokens: K, tokens kept after scoring.
+        token_dim: token width E.
+        codebook_size: VQ codebook entries M.
+        commitment_beta: VQ commitment weight.
+        ema_decay: VQ codebook EMA decay.
+        selection: one of ``SELECTION_MODES``: ``"soft_topk"`` (Gumbel, straight-through),
+            ``"topk"``, ``"random"``, ``"all"`` (dense ablation, K = N).
+        gumbel_tau: temperature of the soft top-K.
+        mixer_depth: transformer blocks over the kept tokens.
+        mixer_heads: attention heads in the mixer.
+        head_channels: channels of the thin full-resolution head.
+        norm_name: MONAI norm name.
+        act_name: MONAI activation name.
+        dropout: dropout rate used throughout (MONAI Label's epistemic scoring sets it).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        img_size: Sequence[int] | int = (96, 96, 96),
+        widths: Sequence[int] = (32, 64, 128, 256),
+        depths: Sequence[int] | int = 1,
+        block_type: str = "residual",
+        tokens_per_level: Sequence[int] | int = 100,
+        num_kept_tokens: int = 100,
+        token_dim: int = 256,
+        codebook_size: int = 4096,
+        commitment_beta: float = 0.25,
+        ema_decay: float = 0.99,
+        selection: str = "soft_topk",
+        gumbel_tau: float = 1.0,
+        mixer_depth: int = 2,
+        mixer_heads: int = 8,
+        head_channels: int = 8,
+        norm_name: str | tuple = "instance",
+        act_name: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        num_levels = len(widths)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.divisor = 2**num_levels
+        self.img_size = ensure_tuple_rep(img_size, 3)
+        if block_type not in BLOCK_TYPES:
+            raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}.")
+        if selection not in SELECTION_MODES:
+            raise ValueError(f"selection must be one of {SELECTION_MODES}, got {selection!r}.")
+        if token_dim % mixer_heads:
+            raise ValueError(f"token_dim ({token_dim}) must be divisible by mixer_heads ({mixer_heads}).")
+        self._check_spatial(self.img_size, "img_size")
+        depths = ensure_tuple_rep(depths, num_levels)
+        tokens_per_level = ensure_tuple_rep(tokens_per_level, num_levels)
+
+        self.grids = []
+        for level, requested in enumerate(tokens_per_level, start=1):
+            level_size = [s // 2**level for s in self.img_size]
+            grid = choose_grid(level_size, requested)
+            if math.prod(grid) < requested:
+                logger.info(
+                    f"TokenSeg level {level} ({level_size}) has room for {math.prod(grid)} of the "
+                    f"{requested} requested tokens: grid {grid}."
+                )
+            self.grids.append(grid)
+        self.num_tokens = sum(math.prod(g) for g in self.grids)
+        self.selection = selection
+        self.num_kept_tokens = self.num_tokens if selection == "all" else num_kept_tokens
+        if not 1 <= self.num_kept_tokens <= self.num_tokens:
+            raise ValueError(
+                f"num_kept_tokens (K) must be between 1 and the number of candidate tokens N = {self.num_tokens} "
+                f"(grids {self.grids} for img_size {self.img_size}), got K = {num_kept_tokens}."
+            )
+        self.gumbel_tau = gumbel_tau
+
+        channels = [in_channels, *widths]
+        self.encoder = nn.ModuleList(
+            EncoderStage(channels[i], channels[i + 1], depths[i], block_type, norm_name, act_name, dropout)
+            for i in range(num_levels)
+        )
+        self.tokenizer = BoundaryAwareTokenizer(
+            widths, self.grids, token_dim, codebook_size, commitment_beta, ema_decay, dropout=dropout
+        )
+        self.mixer = nn.Sequential(
+            *(TransformerBlock(token_dim, 4 * token_dim, mixer_heads, dropout_rate=dropout) for _ in range(mixer_depth))
+        )
+        self.decoder = SparseToDenseDecoder(widths, self.grids, token_dim, norm_name, act_name, dropout)
+        self.head = nn.Sequential(
+            Convolution(
+                3, widths[0], head_channels, strides=2, kernel_size=3, norm=norm_name, act=act_name, is_transposed=True
+            ),
+            UnetOutBlock(3, head_channels, out_channels),
+        )
+        addresses = [
+            torch.cat([torch.full((math.prod(g), 1), level), torch.cartesian_prod(*(torch.arange(n) for n in g)).view(-1, 3)], 1)
+            for level, g in enumerate(self.grids)
+        ]
+        # (N, 4): level and cell index of every candidate token, in token order.
+        self.register_buffer("token_cells", torch.cat(addresses), persistent=False)
+        self.aux: TokenSegAux | None = None
+
+    def _check_spatial(self, size: Sequence[int], what: str) -> None:
+        if len(size) != 3 or any(s <= 0 or s % self.divisor for s in size):
+            raise ValueError(
+                f"TokenSeg {what} must be three sizes each a positive multiple of {self.divisor} "
+                f"(2 ** number of levels), got {tuple(size)}."
+            )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"TokenSeg expects input of shape (B, {self.in_channels}, D, H, W), got {tuple(x.shape)}."
+            )
+        self._check_spatial(x.shape[2:], "input spatial size")
+        for level, grid in enumerate(self.grids, start=1):
+            level_size = [s // 2**level for s in x.shape[2:]]
+            if any(n < g for n, g in zip(level_size, grid)):
+                raise ValueError(
+                    f"TokenSeg input spatial size {tuple(x.shape[2:])} is too small for the cell grid {grid} of "
+                    f"level {level} (built for img_size {self.img_size}); level {level} has only {level_size} positions."
+                )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_channels, D, H, W) -> logits (B, out_channels, D, H, W)."""
+        if not torch.jit.is_tracing():
+            self._check_input(x)
+        features = []
+        for stage in self.encoder:
+            x = stage(x)
+            features.append(x)
+
+        tokenized = self.tokenizer(features)
+        kept_indices, keep_mask = select_tokens(
+            tokenized.scores, self.num_kept_tokens, self.selection, self.training, self.gumbel_tau
+        )
+        index = kept_indices[..., None].expand(-1, -1, tokenized.tokens.shape[-1])
+        mixed = self.mixer(tokenized.tokens.gather(1, index))  # (B, K, E)
+        # Kept tokens carry the mixer's output, the others their own value; the
+        # mask zeroes the others in the forward pass but lets its soft gradient
+        # tell the scorer what keeping them would have changed.
+        tokens = tokenized.tokens.scatter(1, index, mixed) * keep_mask[..., None]
+
+        self.aux = TokenSegAux(
+            scores=tokenized.scores,
+            kept_indices=kept_indices,
+            keep_mask=keep_mask,
+            vq_loss=tokenized.vq_loss,
+            perplexity=tokenized.perplexity,
+            quantization_error=tokenized.quantization_error,
+            kept_cells=self.token_cells[kept_indices],
+        )
+        return self.head(self.decoder(features, tokens))
