@@ -4,8 +4,8 @@ For each level l, the N_l tokens of that level (B, N_l, E) (dropped tokens
 are zero) are projected to C_l channels, laid on the level's cell grid
 (B, C_l, *g_l), painted over the cells' positions (B, C_l, D_l, H_l, W_l)
 and added to the encoder feature through a learned per-channel gate that
-starts at zero (so training starts from a plain U-Net and lets the tokens
-in). Then the coarsest level is upsampled level by level with skip
+starts small (training starts close to a plain U-Net, while every token
+parameter already gets a gradient). Then the coarsest level is upsampled level by level with skip
 connections (MONAI's ``UnetUpBlock``) to the first level, at stride 2.
 """
 
@@ -45,7 +45,7 @@ class SparseToDenseDecoder(nn.Module):
         self.grids = [tuple(g) for g in grids]
         self.cells_per_level = [math.prod(g) for g in self.grids]
         self.reprojections = nn.ModuleList(nn.Linear(token_dim, c) for c in level_channels)
-        self.gates = nn.ParameterList(nn.Parameter(torch.zeros(c)) for c in level_channels)
+        self.gates = nn.ParameterList(nn.Parameter(torch.full((c,), 0.1)) for c in level_channels)
         self.up_blocks = nn.ModuleList(
             UnetUpBlock(
                 3,

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from monai.networks.layers.vector_quantizer import EMAQuantizer, VectorQuantizer
 from torch import nn
 
@@ -68,6 +69,11 @@ class BoundaryAwareTokenizer(nn.Module):
         codebook_size: number of codebook prototypes M.
         commitment_beta: weight of the commitment term ||t - sg[c]||^2.
         ema_decay: decay of the codebook's exponential moving averages.
+        dead_code_threshold: in training, codes whose EMA usage falls below this
+            are restarted on random tokens of the batch; with the codebook's
+            usage starting at zero, the first batch initialises the whole
+            codebook from data (a normal-initialised codebook collapses onto
+            a few codes).
         score_hidden: hidden width of the importance MLP.
         dropout: dropout rate in the importance MLP.
     """
@@ -80,6 +86,7 @@ class BoundaryAwareTokenizer(nn.Module):
         codebook_size: int = 4096,
         commitment_beta: float = 0.25,
         ema_decay: float = 0.99,
+        dead_code_threshold: float = 1e-3,
         score_hidden: int = 128,
         dropout: float = 0.0,
     ) -> None:
@@ -97,6 +104,7 @@ class BoundaryAwareTokenizer(nn.Module):
                 decay=ema_decay,
             )
         )
+        self.dead_code_threshold = dead_code_threshold
         self.level_embedding = nn.Parameter(torch.zeros(len(self.grids), token_dim))
         nn.init.trunc_normal_(self.level_embedding, std=0.02)
         counts = [math.prod(g) for g in self.grids]
@@ -115,6 +123,24 @@ class BoundaryAwareTokenizer(nn.Module):
     def num_tokens(self) -> int:
         return int(self.token_level.numel())
 
+    @torch.no_grad()
+    def restart_dead_codes(self, content: torch.Tensor) -> int:
+        """Move unused codebook entries onto random tokens of ``content`` (B, N, E); returns how many moved."""
+        codebook = self.quantizer.quantizer
+        dead = (codebook.ema_cluster_size < self.dead_code_threshold).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return 0
+        flat = content.detach().reshape(-1, content.shape[-1]).float()
+        picks = flat[torch.randint(len(flat), (dead.numel(),), device=flat.device)]
+        picks = picks + 0.01 * flat.std() * torch.randn_like(picks)  # distinct codes for repeated picks
+        codebook.embedding.weight[dead] = picks
+        codebook.ema_w[dead] = picks
+        codebook.ema_cluster_size[dead] = 1.0
+        if dist.is_available() and dist.is_initialized():  # every rank keeps rank 0's codebook
+            for tensor in (codebook.embedding.weight, codebook.ema_w, codebook.ema_cluster_size):
+                dist.broadcast(tensor, src=0)
+        return int(dead.numel())
+
     def forward(self, features: Sequence[torch.Tensor]) -> TokenizerOutput:
         content = torch.cat(
             [
@@ -123,6 +149,8 @@ class BoundaryAwareTokenizer(nn.Module):
             ],
             dim=1,
         )
+        if self.training:
+            self.restart_dead_codes(content)
         # MONAI's quantizer is channel-first, (B, E, N, 1); it updates the codebook by EMA in training.
         vq_loss, quantized = self.quantizer(content.transpose(1, 2)[..., None])
         quantized = quantized[..., 0].transpose(1, 2)  # (B, N, E)

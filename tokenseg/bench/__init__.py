@@ -1,0 +1,1 @@
+"""Benchmarks of TokenSeg against MONAI's segmentation networks (``python -m tokenseg.bench``)."""

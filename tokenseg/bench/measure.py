@@ -1,0 +1,129 @@
+"""Measure one model in this process: parameters, FLOPs, latency, peak memory.
+
+Run by the benchmark driver as a subprocess per (model, size, mode) so that
+peak memories never mix:
+
+    python -m tokenseg.bench.measure --model unet --size 96 96 96 --mode infer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import psutil
+import torch
+from monai.losses import DiceCELoss
+from torch.utils.flop_counter import FlopCounterMode
+
+from tokenseg.bench.models import build_model
+from tokenseg.losses import TokenSegLoss
+from tokenseg.networks import TokenSeg
+
+__all__ = ["measure"]
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _timed(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(
+    model_name: str,
+    size: Sequence[int],
+    mode: str,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    warmup: int = 1,
+    repeats: int = 3,
+    device: str | None = None,
+) -> dict:
+    """Figures of one model at one input size, for ``mode`` ``"infer"`` or ``"train"`` (batch 1)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    model = build_model(model_name, in_channels, out_channels, size).to(dev)
+    x = torch.randn(1, in_channels, *size, device=dev)
+    label = (torch.rand(1, 1, *size, device=dev) > 0.9).float()
+    result = {
+        "model": model_name,
+        "size": list(size),
+        "mode": mode,
+        "device": str(dev),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+    if mode == "infer":
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        result["gflops_forward"] = counter.get_total_flops() / 1e9
+
+        def step() -> None:
+            with torch.inference_mode():
+                model(x)
+
+    elif mode == "train":
+        model.train()
+        loss_function = TokenSegLoss(model) if isinstance(model, TokenSeg) else DiceCELoss(to_onehot_y=True, softmax=True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_function(model(x), label).backward()
+            optimizer.step()
+
+    else:
+        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}.")
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        baseline = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        baseline = psutil.Process().memory_info().rss / 2**20
+    times = _timed(step, dev, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _peak_rss_mib()
+    result.update(
+        seconds_median=statistics.median(times),
+        seconds_all=times,
+        peak_memory_mib=peak - baseline,
+        memory_kind="cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS above the built model",
+    )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--size", type=int, nargs=3, required=True)
+    parser.add_argument("--mode", choices=("infer", "train"), required=True)
+    parser.add_argument("--in-channels", type=int, default=1)
+    parser.add_argument("--out-channels", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    figures = measure(
+        args.model, args.size, args.mode, args.in_channels, args.out_channels, args.warmup, args.repeats, args.device
+    )
+    print("RESULT " + json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

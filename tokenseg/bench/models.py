@@ -1,0 +1,43 @@
+"""The networks the benchmark compares, built with comparable settings.
+
+Every builder takes ``(in_channels, out_channels, img_size)`` and returns a
+network mapping (B, in_channels, *img_size) to logits (B, out_channels, *img_size).
+The settings are the ones MONAI's model zoo uses for these networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from monai.networks.nets import UNETR, SegResNet, SwinUNETR, UNet
+from torch import nn
+
+from tokenseg.networks import TokenSeg
+
+__all__ = ["MODELS", "MODEL_SETTINGS", "build_model"]
+
+Builder = Callable[[int, int, Sequence[int]], nn.Module]
+
+MODELS: dict[str, Builder] = {
+    "tokenseg": lambda i, o, s: TokenSeg(i, o, img_size=s),
+    "tokenseg_dense": lambda i, o, s: TokenSeg(i, o, img_size=s, selection="all"),
+    "unet": lambda i, o, s: UNet(3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"),
+    "segresnet": lambda i, o, s: SegResNet(3, init_filters=8, in_channels=i, out_channels=o),
+    "unetr": lambda i, o, s: UNETR(i, o, img_size=s, feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12),
+    "swinunetr": lambda i, o, s: SwinUNETR(i, o, feature_size=48),
+}
+
+MODEL_SETTINGS: dict[str, str] = {
+    "tokenseg": "TokenSeg defaults: widths 16/32/64/128, 400 candidate tokens, K=100, codebook 4096",
+    "tokenseg_dense": "TokenSeg defaults with selection='all' (K = N, the dense ablation)",
+    "unet": "UNet channels 16..256, strides 2, 2 residual units, batch norm (spleen_ct_segmentation)",
+    "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",
+    "unetr": "UNETR feature_size 16, hidden 768, 12 heads, patch 16",
+    "swinunetr": "SwinUNETR feature_size 48, window 7",
+}
+
+
+def build_model(name: str, in_channels: int, out_channels: int, img_size: Sequence[int]) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}.")
+    return MODELS[name](in_channels, out_channels, tuple(img_size))
