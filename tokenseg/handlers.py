@@ -17,7 +17,7 @@ class TokenSegDiagnostics:
     """Averages TokenSeg's diagnostics over each training epoch into ``engine.state.metrics``.
 
     Per iteration it reads each loss term (``loss_dice_ce``, ``loss_vq``,
-    ``loss_boundary``), the codebook perplexity and the boundary hit rate of
+    ``loss_boundary``, ``loss_total``), the codebook perplexity and the boundary hit rate of
     the kept tokens; at the end of the epoch their means land in
     ``engine.state.metrics``, where MONAI's ``StatsHandler`` and
     ``TensorBoardStatsHandler`` log them. Attach it before those handlers.
@@ -47,9 +47,11 @@ class TokenSegDiagnostics:
         network = self.loss_function.network
         if network.aux is None:
             return
-        values = {f"loss_{name}": value for name, value in self.loss_function.last_terms.items() if name != "total"}
+        values = {f"loss_{name}": value for name, value in self.loss_function.last_terms.items()}
         values["codebook_perplexity"] = network.aux.perplexity.item()
-        label = engine.state.batch[self.label_key]
+        batch = engine.state.batch
+        # MONAI engines decollate the batch into a list of samples when they post-process
+        label = torch.stack([b[self.label_key] for b in batch]) if isinstance(batch, list) else batch[self.label_key]
         values["boundary_hit_rate"] = boundary_hit_rate(network, label.to(network.aux.scores.device)).item()
         for name, value in values.items():
             self._sums[name] += value
