@@ -16,7 +16,9 @@ from monai.data import load_decathlon_datalist, partition_dataset
 
 from tokenseg.data.checks import check_image_label_pair, read_image_info
 
-__all__ = ["SPLITS", "load_datalist", "check_datalist"]
+__all__ = ["SPLITS", "load_datalist", "check_datalist", "image_entries"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 SPLITS = ("training", "validation", "test")
 
@@ -88,3 +90,35 @@ def check_datalist(entries: list[dict], source: str | os.PathLike, require_label
             check_image_label_pair(entry["image"], entry["label"])
         else:
             read_image_info(entry["image"])
+
+
+def _output_stem(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def image_entries(images: str | os.PathLike | list, output_dir: str | os.PathLike, postfix: str = "seg") -> list[dict]:
+    """Inference inputs as ``[{"image": path}]``, checked before anything is written.
+
+    Each image (a file or a DICOM series folder) must exist and be readable.
+    Masks are written as ``<output_dir>/<name>_<postfix>.nii.gz``; two inputs
+    that would write the same mask, or a mask that would replace an input,
+    are refused.
+    """
+    paths = [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images]
+    if not paths:
+        raise ValueError("no input images given for inference.")
+    inputs = {p.resolve() for p in paths}
+    outputs: dict[Path, Path] = {}
+    for path in paths:
+        read_image_info(path)
+        output = (Path(output_dir) / f"{_output_stem(path)}_{postfix}.nii.gz").resolve()
+        if output in inputs:
+            raise ValueError(f"{path}: its mask would be written over the input file {output}; choose another output_dir.")
+        if output in outputs:
+            raise ValueError(f"{path} and {outputs[output]} would both write their mask to {output}.")
+        outputs[output] = path
+    return [{"image": str(p)} for p in paths]

@@ -1,0 +1,122 @@
+"""The MONAI Bundle through the real `python -m monai.bundle` and `torchrun` commands."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_helpers import bundle_args, copy_bundle, monai_bundle, run, write_datalist
+from tokenseg.data.demo import ensure_demo_dataset
+
+TRAIN_FAST = ["--num_workers", "0", "--cache_rate", "0"]
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    return ensure_demo_dataset(tmp_path_factory.mktemp("data") / "demo")
+
+
+@pytest.fixture(scope="session")
+def small_datalist(demo_dir, tmp_path_factory):
+    from pathlib import Path
+
+    return write_datalist(tmp_path_factory.mktemp("datalist") / "small.json", Path(demo_dir), 4, 1, 2)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, demo_dir, small_datalist):
+    """A bundle copy trained for 2 epochs with the exact README training command."""
+    bundle = copy_bundle(tmp_path_factory.mktemp("trained") / "bundle")
+    proc = monai_bundle(
+        "run", "training", *bundle_args(bundle, "train.json"),
+        "--dataset_dir", demo_dir, "--datalist", str(small_datalist), "--epochs", "2", "--val_interval", "1", *TRAIN_FAST,
+    )
+    return bundle, proc.stdout + proc.stderr
+
+
+def test_training_writes_checkpoint_and_validation_dice(trained_bundle):
+    bundle, log = trained_bundle
+    checkpoint = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert "tokenizer.scorer.0.weight" in checkpoint  # the TokenSeg state dict, saved from {"model": network}
+    assert "val_mean_dice" in log and "Epoch[2] Metrics" in log
+    for diagnostic in ("loss_dice_ce", "loss_vq", "loss_boundary", "codebook_perplexity", "boundary_hit_rate"):
+        assert diagnostic in log
+    assert (bundle / "eval" / "tensorboard").is_dir()
+
+
+def test_training_with_empty_validation_saves_final_model(tmp_path, demo_dir, small_datalist):
+    bundle = copy_bundle(tmp_path / "bundle")
+    monai_bundle(
+        "run", "training", *bundle_args(bundle, "train.json"),
+        "--dataset_dir", demo_dir, "--datalist", str(small_datalist), "--epochs", "1",
+        "--validate#dataset#data", "[]", *TRAIN_FAST,
+    )
+    assert (bundle / "models" / "model.pt").is_file()
+
+
+def test_inference_writes_masks_in_input_space(trained_bundle, demo_dir, tmp_path):
+    bundle, _ = trained_bundle
+    out = tmp_path / "masks"
+    monai_bundle("run", "inference", *bundle_args(bundle, "inference.json"), "--dataset_dir", demo_dir, "--output_dir", str(out))
+    masks = sorted(out.glob("*_seg.nii.gz"))
+    assert len(masks) == 4  # the demo's test split
+    for mask in masks:
+        source = nib.load(f"{demo_dir}/imagesTs/{mask.name.replace('_seg', '')}")
+        result = nib.load(mask)
+        assert result.shape == source.shape[:3]
+        np.testing.assert_allclose(result.affine, source.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(result.dataobj))) <= {0, 1}
+
+
+def test_evaluation_writes_metrics(trained_bundle, demo_dir, small_datalist):
+    bundle, _ = trained_bundle
+    monai_bundle(
+        "run", "evaluating", *bundle_args(bundle, "train.json", "evaluate.json"),
+        "--dataset_dir", demo_dir, "--datalist", str(small_datalist), "--num_workers", "0",
+    )
+    rows = dict(csv.reader(open(bundle / "eval" / "metrics.csv")))
+    assert set(rows) == {"val_mean_dice", "val_mean_iou", "val_hd95"}
+    assert 0 <= float(rows["val_mean_dice"]) <= 1
+    per_case = list(csv.reader(open(bundle / "eval" / "val_mean_dice_raw.csv")))
+    assert len(per_case) == 1 + 2  # header and the 2 test cases
+
+
+def test_multi_gpu_config_trains_with_torchrun_on_cpu(tmp_path, demo_dir, small_datalist):
+    bundle = copy_bundle(tmp_path / "bundle")
+    proc = run([
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training", *bundle_args(bundle, "train.json", "multi_gpu_train.json"),
+        "--dataset_dir", demo_dir, "--datalist", str(small_datalist), "--epochs", "1", "--val_interval", "1", *TRAIN_FAST,
+    ])
+    assert (bundle / "models" / "model.pt").is_file()
+    assert "val_mean_dice" in proc.stdout + proc.stderr
+
+
+def test_model_zoo_checks_pass_offline(trained_bundle, tmp_path):
+    bundle, _ = trained_bundle
+    configs = bundle / "configs"
+    monai_bundle("verify_metadata", "--meta_file", str(configs / "metadata.json"), "--filepath", str(configs / "meta_schema.json"))
+    monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
+                 "--config_file", str(configs / "inference.json"))
+    exported = tmp_path / "model.ts"
+    monai_bundle(
+        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(bundle / "models" / "model.pt"),
+        "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
+        "--key_in_ckpt", "model", "--use_trace", "True", "--input_shape", "[1, 3, 64, 64, 32]",
+    )
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    network.eval()
+    scripted = torch.jit.load(str(exported))
+    x = torch.randn(1, 3, 64, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), network(x), atol=1e-4, rtol=1e-4)
