@@ -88,7 +88,11 @@ def pool_to_cells(x: torch.Tensor, grid: Sequence[int], stride: int = 1, reduce:
     return pooled / torch.einsum("i,j,k->ijk", *counts).to(x.dtype)
 
 
-def expand_cells(cells: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Paint each cell of ``cells`` (B, C, gd, gh, gw) over its positions: (B, C, *size)."""
-    matrices = [axis_assignment(n, g, 1, cells.device).T for n, g in zip(size, cells.shape[2:])]
+def expand_cells(cells: torch.Tensor, size: Sequence[int], stride: int = 1) -> torch.Tensor:
+    """Paint each cell of ``cells`` (B, C, gd, gh, gw) over its positions: (B, C, *size).
+
+    ``stride`` > 1 paints the cells of a level downsampled by ``stride`` onto a
+    full-resolution grid of ``size`` voxels.
+    """
+    matrices = [axis_assignment(n, g, stride, cells.device).T for n, g in zip(size, cells.shape[2:])]
     return _apply_axes(cells, matrices)
