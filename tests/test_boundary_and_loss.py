@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from conftest import tiny_tokenseg
 from tokenseg.boundary import boundary_band, token_boundary_targets
 from tokenseg.losses import TokenSegLoss
 from tokenseg.metrics import boundary_hit_rate
 from tokenseg.networks.cells import choose_grid, expand_cells, pool_to_cells
+
+from conftest import tiny_tokenseg
 
 
 def cube_label(size=32, lo=4, hi=28):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_helpers import bundle_args, copy_bundle, monai_bundle, run, write_datalist
 from tokenseg.data.demo import ensure_demo_dataset
+
+from bundle_helpers import bundle_args, copy_bundle, monai_bundle, run, write_datalist
 
 TRAIN_FAST = ["--num_workers", "0", "--cache_rate", "0"]
 
@@ -62,7 +63,9 @@ def test_training_with_empty_validation_saves_final_model(tmp_path, demo_dir, sm
 def test_inference_writes_masks_in_input_space(trained_bundle, demo_dir, tmp_path):
     bundle, _ = trained_bundle
     out = tmp_path / "masks"
-    monai_bundle("run", "inference", *bundle_args(bundle, "inference.json"), "--dataset_dir", demo_dir, "--output_dir", str(out))
+    monai_bundle(
+        "run", "inference", *bundle_args(bundle, "inference.json"), "--dataset_dir", demo_dir, "--output_dir", str(out)
+    )
     masks = sorted(out.glob("*_seg.nii.gz"))
     assert len(masks) == 4  # the demo's test split
     for mask in masks:
@@ -100,7 +103,8 @@ def test_multi_gpu_config_trains_with_torchrun_on_cpu(tmp_path, demo_dir, small_
 def test_model_zoo_checks_pass_offline(trained_bundle, tmp_path):
     bundle, _ = trained_bundle
     configs = bundle / "configs"
-    monai_bundle("verify_metadata", "--meta_file", str(configs / "metadata.json"), "--filepath", str(configs / "meta_schema.json"))
+    metadata, schema = str(configs / "metadata.json"), str(configs / "meta_schema.json")
+    monai_bundle("verify_metadata", "--meta_file", metadata, "--filepath", schema)
     monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
                  "--config_file", str(configs / "inference.json"))
     exported = tmp_path / "model.ts"

@@ -13,9 +13,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from bundle_helpers import bundle_args, copy_bundle, monai_bundle, write_datalist
 from tokenseg.data.demo import ensure_demo_dataset
 from tokenseg.networks import TokenSeg
+
+from bundle_helpers import bundle_args, copy_bundle, monai_bundle, write_datalist
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -118,7 +119,7 @@ def test_real_world_files_come_back_in_their_own_space(bundle, tmp_path):
         "nrrd": write_sitk(blob((80, 70, 30)), tmp_path / "scan.nrrd", (0.9, 0.9, 2.5), (10.0, -20.0, 5.0)),
         "dicom": write_dicom_series(blob((64, 64, 24)), tmp_path / "dicom_series", (1.2, 1.2, 3.0), (-40.0, -30.0, 12.0)),
         "oblique": write_sitk(blob((72, 72, 36)), tmp_path / "oblique.nii.gz", (1.5, 1.5, 3.0), (5.0, 5.0, 5.0), rotation),
-        "anisotropic": write_sitk(blob((120, 110, 20)), tmp_path / "aniso.mha", (0.6, 0.7, 4.5), (0.0, 0.0, 0.0), lps_flipped),
+        "anisotropic": write_sitk(blob((120, 110, 20)), tmp_path / "aniso.mha", (0.6, 0.7, 4.5), direction=lps_flipped),
         "smaller_than_patch": write_sitk(blob((30, 26, 10)), tmp_path / "small.nii.gz", (1.5, 1.5, 3.0)),
     }
     out = tmp_path / "masks"

@@ -1,9 +1,10 @@
 """The network can learn: fit one synthetic lesion, through the same code the demo runs."""
 
-from conftest import tiny_tokenseg
 from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.demo import evaluate_volume, fit_volume
 from tokenseg.uncertainty import boundary_token_entropy
+
+from conftest import tiny_tokenseg
 
 
 def test_fits_one_lesion_and_keeps_boundary_tokens():

@@ -5,10 +5,11 @@ import itertools
 import pytest
 import torch
 
-from conftest import tiny_tokenseg
+from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.losses import TokenSegLoss
 from tokenseg.networks import TokenSeg
-from tokenseg.data.synthetic import single_lesion_volume
+
+from conftest import tiny_tokenseg
 
 SIZES = [(64, 64, 32), (96, 96, 96), (128, 128, 64)]
 

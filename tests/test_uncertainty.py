@@ -4,9 +4,10 @@ import math
 
 import torch
 
-from conftest import tiny_tokenseg
 from tokenseg.boundary import token_boundary_targets
 from tokenseg.uncertainty import boundary_token_entropy, kept_cell_mask
+
+from conftest import tiny_tokenseg
 
 
 def test_dense_selection_covers_every_voxel():

@@ -21,7 +21,9 @@ Builder = Callable[[int, int, Sequence[int]], nn.Module]
 MODELS: dict[str, Builder] = {
     "tokenseg": lambda i, o, s: TokenSeg(i, o, img_size=s),
     "tokenseg_dense": lambda i, o, s: TokenSeg(i, o, img_size=s, selection="all"),
-    "unet": lambda i, o, s: UNet(3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"),
+    "unet": lambda i, o, s: UNet(
+        3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
+    ),
     "segresnet": lambda i, o, s: SegResNet(3, init_filters=8, in_channels=i, out_channels=o),
     "unetr": lambda i, o, s: UNETR(i, o, img_size=s, feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12),
     "swinunetr": lambda i, o, s: SwinUNETR(i, o, feature_size=48),

@@ -119,10 +119,11 @@ def make_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
     ]
     bias = np.exp(0.15 * _smooth_field(rng, shape, 12.0))
     sigma = 0.03
-    image = np.stack(
-        [np.sqrt((p * bias + sigma * rng.standard_normal(shape)) ** 2 + (sigma * rng.standard_normal(shape)) ** 2) for p in phases],
-        axis=-1,
-    ).astype(np.float32)
+
+    def rician(signal: np.ndarray) -> np.ndarray:  # magnitude of a complex signal with Gaussian noise
+        return np.sqrt((signal + sigma * rng.standard_normal(shape)) ** 2 + (sigma * rng.standard_normal(shape)) ** 2)
+
+    image = np.stack([rician(p * bias) for p in phases], axis=-1).astype(np.float32)
     return image, label
 
 

@@ -158,7 +158,7 @@ class TokenSeg(nn.Module):
             UnetOutBlock(3, head_channels, out_channels),
         )
         addresses = [
-            torch.cat([torch.full((math.prod(g), 1), level), torch.cartesian_prod(*(torch.arange(n) for n in g)).view(-1, 3)], 1)
+            torch.cat([torch.full((math.prod(g), 1), level), torch.cartesian_prod(*map(torch.arange, g)).view(-1, 3)], 1)
             for level, g in enumerate(self.grids)
         ]
         # (N, 4): level and cell index of every candidate token, in token order.
