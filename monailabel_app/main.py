@@ -73,7 +73,7 @@ class TokenSegApp(MONAILabelApp):
             raise ValueError(f"this app serves the '{MODEL}' model only; got --conf models {models}.")
         source = Path(conf.get("bundle", Path(app_dir).resolve().parent / "bundle"))
         model_dir = Path(conf.get("model_dir", Path(app_dir) / "model"))
-        self.bundle_path = str(prepare_bundle(source, model_dir / MODEL))
+        self.bundle_dir = str(prepare_bundle(source, model_dir / MODEL))
         self.train_defaults: dict[str, Any] = {
             "max_epochs": int(conf.get("epochs", 10)),
             "val_split": float(conf.get("val_split", 0.2)),
@@ -101,10 +101,10 @@ class TokenSegApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, InferTask]:
-        return {MODEL: BundleInferTask(self.bundle_path, self.conf)}
+        return {MODEL: BundleInferTask(self.bundle_dir, self.conf)}
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        return {MODEL: TokenSegTrainTask(self.bundle_path, self.conf, self.train_defaults)}
+        return {MODEL: TokenSegTrainTask(self.bundle_dir, self.conf, self.train_defaults)}
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {
@@ -114,7 +114,7 @@ class TokenSegApp(MONAILabelApp):
         }
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
-        return {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_path, self.train_defaults["device"])}
+        return {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_dir, self.train_defaults["device"])}
 
     def infer(self, request, datastore=None):
         image = request.get("image")

@@ -15,8 +15,9 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from monailabel_helpers import MonaiLabelServer, port_is_free
 from tokenseg.data.demo import ensure_demo_dataset
+
+from monailabel_helpers import MonaiLabelServer, port_is_free
 
 CASES = ["breast_000", "breast_001", "breast_002", "breast_003"]
 
@@ -117,7 +118,7 @@ def test_annotation_loop_and_restart(studies, demo, tmp_path):
     # the datastore and the last good checkpoint survived
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert "tokenizer.scorer.0.weight" in state and sha(checkpoint) == good
-    datastore = json.loads((studies / ".datastore.json").read_text())
+    datastore = json.loads((studies / "datastore_v2.json").read_text())
     assert set(datastore["objects"]) == set(CASES)
     assert all("final" in datastore["objects"][c]["labels"] for c in CASES[:2])
     with MonaiLabelServer(studies, model_dir, tmp_path / "server2.log") as server:
