@@ -29,6 +29,26 @@ SCORE_KEY = "tokenseg_uncertainty"
 MODEL_TS_KEY = "tokenseg_uncertainty_ts"
 
 
+class BundleScorer:
+    """The bundle's inference preprocessing and its network with the current weights, scoring images by path."""
+
+    def __init__(self, bundle_path: str, device: torch.device) -> None:
+        parser = ConfigParser()
+        parser.read_config(os.path.join(bundle_path, "configs", "inference.json"))
+        parser["bundle_root"] = bundle_path
+        self.device = device
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.patch_size = parser.get_parsed_content("patch_size")
+        self.network = parser.get_parsed_content("network_def").to(device)
+        weights = torch.load(os.path.join(bundle_path, "models", "model.pt"), map_location=device, weights_only=True)
+        self.network.load_state_dict(weights.get("model", weights))
+        self.network.eval()
+
+    def __call__(self, image_path: str) -> float:
+        data = self.preprocessing({"image": image_path})
+        return boundary_token_entropy(self.network, data["image"][None].to(self.device), self.patch_size)
+
+
 class BoundaryTokenEntropyScoring(ScoringMethod):
     """Scores every unlabelled image not yet scored with the current checkpoint.
 
@@ -42,15 +62,6 @@ class BoundaryTokenEntropyScoring(ScoringMethod):
         self.bundle_path = bundle_path
         self.device = device
 
-    def _load(self, device: torch.device):
-        parser = ConfigParser()
-        parser.read_config(os.path.join(self.bundle_path, "configs", "inference.json"))
-        parser["bundle_root"] = self.bundle_path
-        network = parser.get_parsed_content("network_def").to(device)
-        weights = torch.load(os.path.join(self.bundle_path, "models", "model.pt"), map_location=device, weights_only=True)
-        network.load_state_dict(weights.get("model", weights))
-        return parser.get_parsed_content("preprocessing"), network.eval(), parser.get_parsed_content("patch_size")
-
     def __call__(self, request, datastore: Datastore):
         model_file = os.path.join(self.bundle_path, "models", "model.pt")
         if not os.path.exists(model_file):
@@ -60,11 +71,9 @@ class BoundaryTokenEntropyScoring(ScoringMethod):
         start = time.time()
         unlabeled = datastore.get_unlabeled_images()
         todo = [i for i in unlabeled if datastore.get_image_info(i).get(MODEL_TS_KEY) != model_ts]
-        if todo:
-            preprocessing, network, patch_size = self._load(device)
+        scorer = BundleScorer(self.bundle_path, device) if todo else None
         for image_id in todo:
-            data = preprocessing({"image": datastore.get_image_uri(image_id)})
-            score = boundary_token_entropy(network, data["image"][None].to(device), patch_size)
+            score = scorer(datastore.get_image_uri(image_id))
             datastore.update_image_info(image_id, {SCORE_KEY: score, MODEL_TS_KEY: model_ts})
             logger.info(f"{SCORE_KEY}: {image_id} => {score:.5f}")
         summary = {

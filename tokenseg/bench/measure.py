@@ -4,6 +4,11 @@ Run by the benchmark driver as a subprocess per (model, size, mode) so that
 peak memories never mix:
 
     python -m tokenseg.bench.measure --model unet --size 96 96 96 --mode infer
+
+Modes: ``infer`` (one forward pass of a ``size`` patch, no gradients),
+``train`` (forward, loss, backward, optimiser step on a ``size`` patch) and
+``sliding`` (sliding-window inference of a whole ``--volume`` with ``size``
+windows, overlap 0.25).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import psutil
 import torch
+from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,8 +33,22 @@ from tokenseg.networks import TokenSeg
 __all__ = ["measure"]
 
 
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM), so that the
+    peak of the measured steps is not hidden by an earlier one (imports, building the model)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then the lifetime peak below is an upper bound
+
+
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _timed(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> list[float]:
@@ -55,8 +75,9 @@ def measure(
     warmup: int = 1,
     repeats: int = 3,
     device: str | None = None,
+    volume: Sequence[int] | None = None,
 ) -> dict:
-    """Figures of one model at one input size, for ``mode`` ``"infer"`` or ``"train"`` (batch 1)."""
+    """Figures of one model at one input size, for ``mode`` ``"infer"``, ``"train"`` or ``"sliding"`` (batch 1)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     model = build_model(model_name, in_channels, out_channels, size).to(dev)
@@ -89,14 +110,26 @@ def measure(
             loss_function(model(x), label).backward()
             optimizer.step()
 
+    elif mode == "sliding":
+        if volume is None:
+            raise ValueError("mode 'sliding' needs the volume size.")
+        model.eval()
+        whole = torch.randn(1, in_channels, *volume, device=dev)
+        result["volume"] = list(volume)
+
+        def step() -> None:
+            with torch.inference_mode():
+                sliding_window_inference(whole, size, 1, model, overlap=0.25)
+
     else:
-        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}.")
+        raise ValueError(f"mode must be 'infer', 'train' or 'sliding', got {mode!r}.")
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         baseline = torch.cuda.memory_allocated(dev) / 2**20
     else:
         baseline = psutil.Process().memory_info().rss / 2**20
+        _reset_peak_rss()
     times = _timed(step, dev, warmup, repeats)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _peak_rss_mib()
     result.update(
@@ -112,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--size", type=int, nargs=3, required=True)
-    parser.add_argument("--mode", choices=("infer", "train"), required=True)
+    parser.add_argument("--mode", choices=("infer", "train", "sliding"), required=True)
+    parser.add_argument("--volume", type=int, nargs=3, default=None, help="whole volume for --mode sliding")
     parser.add_argument("--in-channels", type=int, default=1)
     parser.add_argument("--out-channels", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
@@ -120,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     figures = measure(
-        args.model, args.size, args.mode, args.in_channels, args.out_channels, args.warmup, args.repeats, args.device
+        args.model, args.size, args.mode, args.in_channels, args.out_channels, args.warmup, args.repeats, args.device,
+        args.volume,
     )
     print("RESULT " + json.dumps(figures))
 

@@ -1,0 +1,25 @@
+"""Smoke test of the benchmark command: tiny sizes, two models, every field sane."""
+
+import json
+
+from tokenseg.bench.__main__ import main
+
+
+def test_benchmark_writes_every_field(tmp_path):
+    report = main([
+        "--models", "tokenseg", "unet", "--sizes", "32", "48", "--demo-patch", "32", "32", "32",
+        "--volumes", "48x40x32", "--window", "32", "32", "32", "--repeats", "1", "--out", str(tmp_path),
+    ])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["results"] == report["results"]
+    assert {"cpu", "threads", "torch", "device"} <= set(saved["machine"])
+    measured = [r for r in saved["results"] if "skipped" not in r]
+    assert len(measured) == len(saved["results"]) == 2 * 2 * 2 + 2  # 2 models x 2 sizes x (infer, train) + sliding
+    for r in measured:
+        assert r["seconds_median"] > 0 and r["peak_memory_mib"] > 0 and r["params_m"] > 0
+    for model in ("tokenseg", "unet"):
+        flops = {r["size"][0]: r["gflops_forward"] for r in measured if r["model"] == model and r["mode"] == "infer"}
+        assert flops[48] > flops[32] > 0
+    assert set(saved["ratios"]["32x32x32"]["unet"]) == {"latency", "infer_memory", "train_step", "train_memory"}
+    assert (tmp_path / "scaling_infer.png").stat().st_size > 0 and (tmp_path / "scaling_train.png").stat().st_size > 0
+    assert "TokenSeg / baseline" in (tmp_path / "bench.md").read_text()

@@ -1,0 +1,201 @@
+"""Benchmark TokenSeg against MONAI's UNet, SegResNet, UNETR and SwinUNETR, side by side.
+
+    python -m tokenseg.bench --out runs/bench
+
+Each (model, size, mode) is measured in its own process (``tokenseg.bench.measure``)
+so that peak memories never mix; a measurement that fails or runs out of time is
+recorded as skipped with its reason. Writes ``bench.json`` (every figure and the
+machine), ``bench.md`` (tables and TokenSeg's ratios against each baseline) and
+plots of memory and latency against input size to ``--out``. With
+``--accuracy FILE`` (the JSON of ``benchmarks/accuracy.py``) it also plots test
+Dice against training memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from tokenseg.bench.models import MODEL_SETTINGS, MODELS
+
+logger = logging.getLogger("tokenseg.bench")
+
+BASELINES = ("unet", "segresnet", "unetr", "swinunetr")
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def run_one(model: str, size: Sequence[int], mode: str, args, volume: Sequence[int] | None = None) -> dict:
+    cmd = [sys.executable, "-m", "tokenseg.bench.measure", "--model", model, "--size", *map(str, size),
+           "--mode", mode, "--repeats", str(args.repeats), "--in-channels", str(args.in_channels)]
+    if volume:
+        cmd += ["--volume", *map(str, volume)]
+    record = {"model": model, "size": list(size), "mode": mode, **({"volume": list(volume)} if volume else {})}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {**record, "skipped": f"over the {args.timeout} s limit"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**record, "skipped": f"failed: {reason[:300]}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def ratios(results: list[dict], size: Sequence[int]) -> dict:
+    """TokenSeg's figures divided by each baseline's, at one size."""
+    def get(model: str, mode: str):
+        return next((r for r in results if r["model"] == model and r["mode"] == mode and r["size"] == list(size)
+                     and "skipped" not in r), None)
+
+    out = {}
+    for baseline in BASELINES:
+        row = {}
+        for mode, key, name in (("infer", "seconds_median", "latency"), ("infer", "peak_memory_mib", "infer_memory"),
+                                ("train", "seconds_median", "train_step"), ("train", "peak_memory_mib", "train_memory")):
+            ours, theirs = get("tokenseg", mode), get(baseline, mode)
+            if ours and theirs and theirs[key] > 0:
+                row[name] = round(ours[key] / theirs[key], 3)
+        if row:
+            out[baseline] = row
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = ["# TokenSeg benchmark", "", f"Machine: {report['machine']}", "", "Models:", ""]
+    lines += [f"- `{m}`: {MODEL_SETTINGS[m]}" for m in report["models"]]
+    lines += ["", "| model | size | mode | params (M) | GFLOPs/forward | median s | peak MiB |", "|---" * 7 + "|"]
+    for r in report["results"]:
+        size = "x".join(map(str, r.get("volume", r["size"])))
+        if "skipped" in r:
+            lines.append(f"| {r['model']} | {size} | {r['mode']} | | | skipped: {r['skipped'][:80]} | |")
+            continue
+        flops = f"{r['gflops_forward']:.1f}" if "gflops_forward" in r else ""
+        lines.append(f"| {r['model']} | {size} | {r['mode']} | {r['params_m']:.2f} | {flops} | "
+                     f"{r['seconds_median']:.3f} | {r['peak_memory_mib']:.0f} |")
+    for size, table in report["ratios"].items():
+        lines += ["", f"TokenSeg / baseline at {size} (below 1: TokenSeg uses less)", "",
+                  "| baseline | latency | infer memory | train step | train memory |", "|---|---|---|---|---|"]
+        for baseline, row in table.items():
+            cells = [str(row.get(k, "")) for k in ("latency", "infer_memory", "train_step", "train_memory")]
+            lines.append(f"| {baseline} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict, out: Path, accuracy: dict | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    scaling = [r for r in report["results"] if r["mode"] in ("infer", "train") and "skipped" not in r
+               and len(set(r["size"])) == 1]
+    for mode in ("infer", "train"):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for model in report["models"]:
+            rows = sorted((r for r in scaling if r["model"] == model and r["mode"] == mode), key=lambda r: r["size"][0])
+            if len(rows) < 2:
+                continue
+            sizes = [r["size"][0] for r in rows]
+            axes[0].plot(sizes, [r["peak_memory_mib"] for r in rows], marker="o", label=model)
+            axes[1].plot(sizes, [r["seconds_median"] for r in rows], marker="o", label=model)
+        for ax, ylabel in zip(axes, ("peak memory (MiB)", "median seconds")):
+            ax.set_xlabel("cubic input size")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle(f"{mode}: memory and latency against input size ({report['machine']['device']})")
+        name = f"scaling_{mode}.png"
+        fig.savefig(out / name, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        files.append(name)
+    if accuracy:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for model, acc in accuracy.get("models", {}).items():
+            train = next((r for r in report["results"] if r["model"] == model and r["mode"] == "train"
+                          and r["size"] == accuracy.get("patch_size") and "skipped" not in r), None)
+            if train and "test_dice" in acc:
+                ax.scatter(train["peak_memory_mib"], acc["test_dice"], s=50)
+                ax.annotate(model, (train["peak_memory_mib"], acc["test_dice"]))
+        ax.set_xlabel("training-step peak memory (MiB) at the demo patch")
+        ax.set_ylabel("test Dice (demo set, equal budget)")
+        ax.grid(alpha=0.3)
+        fig.savefig(out / "pareto_dice_memory.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        files.append("pareto_dice_memory.png")
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 160], help="cubic sizes for scaling")
+    parser.add_argument("--demo-patch", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--volumes", type=str, nargs="*", default=["96x96x48", "256x256x128"],
+                        help="whole volumes for sliding-window inference (windows of --window)")
+    parser.add_argument("--window", type=int, nargs=3, default=[96, 96, 96])
+    parser.add_argument("--in-channels", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    parser.add_argument("--accuracy", type=Path, default=None, help="JSON of benchmarks/accuracy.py")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    jobs = [(m, [s] * 3, mode, None) for s in args.sizes for m in args.models for mode in ("infer", "train")]
+    jobs += [(m, args.demo_patch, mode, None) for m in args.models for mode in ("infer", "train")
+             if args.demo_patch not in ([s] * 3 for s in args.sizes)]
+    jobs += [(m, args.window, "sliding", [int(v) for v in vol.split("x")]) for vol in args.volumes for m in args.models]
+    results = []
+    for index, (model, size, mode, volume) in enumerate(jobs, start=1):
+        record = run_one(model, size, mode, args, volume)
+        results.append(record)
+        what = "skipped: " + record["skipped"] if "skipped" in record else (
+            f"{record['seconds_median']:.3f} s, {record['peak_memory_mib']:.0f} MiB")
+        logger.info(f"[{index}/{len(jobs)}] {model} {mode} {'x'.join(map(str, volume or size))}: {what}")
+
+    sizes = sorted({tuple(r["size"]) for r in results if r["mode"] != "sliding"})
+    report = {
+        "machine": machine(),
+        "models": args.models,
+        "settings": {m: MODEL_SETTINGS[m] for m in args.models},
+        "batch": 1,
+        "in_channels": args.in_channels,
+        "results": results,
+        "ratios": {"x".join(map(str, s)): ratios(results, s) for s in sizes if "tokenseg" in args.models},
+    }
+    accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
+    report["plots"] = plots(report, args.out, accuracy)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    (args.out / "bench.md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
