@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 # Submodules are imported so that bundle configs can write `tokenseg.data.datalist.load_datalist(...)`
 # after a plain `import tokenseg`.
-from tokenseg import boundary, data, handlers, losses, metrics, networks, transforms, uncertainty  # noqa: E402
+from tokenseg import bench, boundary, data, handlers, losses, metrics, networks, transforms, uncertainty  # noqa: E402
 
-__all__ = ["boundary", "data", "handlers", "losses", "metrics", "networks", "transforms", "uncertainty"]
+__all__ = ["bench", "boundary", "data", "handlers", "losses", "metrics", "networks", "transforms", "uncertainty"]

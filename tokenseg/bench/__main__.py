@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -54,8 +55,14 @@ def run_one(model: str, size: Sequence[int], mode: str, args, volume: Sequence[i
     if volume:
         cmd += ["--volume", *map(str, volume)]
     record = {"model": model, "size": list(size), "mode": mode, **({"volume": list(volume)} if volume else {})}
+    limit = int(args.memory_limit_gb * 2**30)
+
+    def cap_memory() -> None:  # a model that does not fit fails alone instead of exhausting the machine
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        cap = None if torch.cuda.is_available() else cap_memory
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=cap)
     except subprocess.TimeoutExpired:
         return {**record, "skipped": f"over the {args.timeout} s limit"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -160,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--window", type=int, nargs=3, default=[96, 96, 96])
     parser.add_argument("--in-channels", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per measurement")
+    parser.add_argument("--memory-limit-gb", type=float, default=16.0, help="address-space cap per CPU measurement")
     parser.add_argument("--accuracy", type=Path, default=None, help="JSON of benchmarks/accuracy.py")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args(argv)

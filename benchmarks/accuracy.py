@@ -1,0 +1,129 @@
+"""Accuracy at an equal budget: each model trained through the same bundle pipeline, then tested.
+
+Every model is trained with the bundle's own ``train.json`` (same demo data,
+patch, augmentation, optimiser, schedule and number of optimisation steps),
+only ``network_def`` (built by ``tokenseg.bench.models.build_model``, the
+same settings as the speed benchmark) and, for the baselines, the loss
+(MONAI's ``DiceCELoss`` in place of ``TokenSegLoss``) differ. Then the
+bundle's ``evaluate.json`` measures Dice, IoU and HD95 on the demo's test
+split. Each run is the real ``python -m monai.bundle`` command in its own
+process, on a copy of the bundle.
+
+    python benchmarks/accuracy.py --epochs 20 --out runs/accuracy
+
+Writes ``accuracy.json`` and ``accuracy.md`` to ``--out``; pass the JSON to
+``python -m tokenseg.bench --accuracy`` for the Dice-memory Pareto plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from monai.bundle import ConfigParser
+
+from tokenseg.bench.models import MODEL_SETTINGS, MODELS
+from tokenseg.data.demo import ensure_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bundle_run(bundle: Path, run_id: str, configs: list[str], args_file: Path, log: Path) -> str:
+    files = [str(bundle / "configs" / c) for c in configs]
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", run_id,
+        "--meta_file", str(bundle / "configs" / "metadata.json"),
+        "--config_file", files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]",
+        "--logging_file", str(bundle / "configs" / "logging.conf"),
+        "--args_file", str(args_file),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
+    return proc.stdout + proc.stderr
+
+
+def overrides(model: str, bundle: Path, dataset_dir: str, epochs: int) -> dict:
+    args = {"bundle_root": str(bundle), "dataset_dir": dataset_dir, "epochs": epochs, "val_interval": epochs,
+            "num_workers": 0}
+    if model == "tokenseg":
+        return args  # the bundle as shipped
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    handlers = [h for h in parser["train"]["handlers"] if h["_target_"] != "tokenseg.handlers.TokenSegDiagnostics"]
+    return {
+        **args,
+        "network_def": f"$tokenseg.bench.models.build_model('{model}', @in_channels, @out_channels, @patch_size)",
+        "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
+        "train#handlers": handlers,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "tokenseg_dense"], choices=list(MODELS))
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "accuracy")
+    args = parser.parse_args()
+    dataset_dir = ensure_demo_dataset()
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_config = ConfigParser.load_config_file(str(REPO / "bundle" / "configs" / "train.json"))
+    iterations = -(-16 // train_config["batch_size"])  # 16 training cases, the last batch may be short
+    report = {
+        "dataset": "TokenSeg demo (16 training, 4 test cases)",
+        "patch_size": train_config["patch_size"],
+        "epochs": args.epochs,
+        "optimisation_steps": args.epochs * iterations,
+        "patches_per_step": train_config["batch_size"] * train_config["num_samples"],
+        "settings": {m: MODEL_SETTINGS[m] for m in args.models},
+        "models": {},
+    }
+    for model in args.models:
+        bundle = args.out / model / "bundle"
+        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval"))
+        args_file = args.out / model / "overrides.json"
+        args_file.write_text(json.dumps(overrides(model, bundle, dataset_dir, args.epochs), indent=2))
+        start = time.time()
+        log = bundle_run(bundle, "training", ["train.json"], args_file, args.out / model / "train.log")
+        seconds = time.time() - start
+        bundle_run(bundle, "evaluating", ["train.json", "evaluate.json"], args_file, args.out / model / "evaluate.log")
+        with open(bundle / "eval" / "metrics.csv") as f:
+            metrics = {name: float(value) for name, value in csv.reader(f)}
+        result = {
+            "test_dice": metrics["val_mean_dice"],
+            "test_iou": metrics["val_mean_iou"],
+            "test_hd95_voxels": metrics["val_hd95"],
+            "train_seconds": round(seconds, 1),
+        }
+        hit_rates = re.findall(r"boundary_hit_rate: ([0-9.]+)", log)
+        if hit_rates:
+            result["boundary_hit_rate_last_epoch"] = float(hit_rates[-1])
+        report["models"][model] = result
+        print(model, result, flush=True)
+    (args.out / "accuracy.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"Budget: {report['optimisation_steps']} optimisation steps ({args.epochs} epochs) of "
+        f"{report['patches_per_step']} patches of {report['patch_size']}, same pipeline for every model.",
+        "",
+        "| model | test Dice | test IoU | HD95 (voxels) | train time (s) | boundary hit rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, r in report["models"].items():
+        hit = r.get("boundary_hit_rate_last_epoch", "")
+        lines.append(f"| {model} | {r['test_dice']:.3f} | {r['test_iou']:.3f} | {r['test_hd95_voxels']:.2f} | "
+                     f"{r['train_seconds']:.0f} | {hit} |")
+    (args.out / "accuracy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
