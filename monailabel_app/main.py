@@ -13,12 +13,22 @@
 - ``epochs`` (10), ``val_split`` (0.2), ``device`` (``cuda`` when available, else
   ``cpu``), ``multi_gpu`` (``true``: ``torchrun`` over the visible GPUs),
   ``tracking`` (``none`` or ``mlflow``): defaults of a training request.
+
+With ``--studies http://HOST:PORT/dicom-web`` (a PACS, or the local Orthanc of
+``python -m tokenseg.orthanc``) images come from DICOMweb: each study holds one
+MR series per contrast phase, stacked as the model's channels, and final labels
+go back as DICOM SEG (``lib/dicomweb.py``). The series filter defaults to MR
+here (MONAI Label's default is CT); ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``
+overrides it. DICOM SEG needs ``itkimage2segimage`` (``pip install dcmqi``): it is
+looked up beside this Python, so MONAI Label never tries to download it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -27,6 +37,7 @@ import torch
 from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
 from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -38,17 +49,34 @@ from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.transform.post import Restored
 from monailabel.utils.others.generic import strtobool
 
 import tokenseg
 
 from lib.datastore import CheckedDatastore, check_image_id
+from lib.dicomweb import PhaseStackDICOMwebDatastore
 from lib.scoring import SCORE_KEY, BoundaryTokenEntropyScoring
 from lib.train import TokenSegTrainTask
 
 logger = logging.getLogger(__name__)
 
 MODEL = "tokenseg"
+DICOMWEB_FILTER = {"Modality": "MR"}
+MONAI_LABEL_DEFAULT_FILTER = {"Modality": "CT"}
+SEG_TOOL = "itkimage2segimage"
+
+
+def find_seg_tool() -> str:
+    """Put dcmqi's ``itkimage2segimage`` on PATH (the venv's bin holds it after ``pip install dcmqi``), or fail
+    clearly: without it MONAI Label downloads dcmqi at start-up, which fails offline."""
+    here = str(Path(sys.executable).parent)
+    if here not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+    tool = shutil.which(SEG_TOOL)
+    if tool is None:
+        raise RuntimeError(f"{SEG_TOOL} not found on PATH nor in {here}: pip install dcmqi (DICOM SEG support).")
+    return tool
 
 
 def prepare_bundle(source: Path, working_copy: Path) -> Path:
@@ -92,7 +120,7 @@ class TokenSegApp(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            return self._init_dicomweb()
         return CheckedDatastore(
             self.studies,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
@@ -100,8 +128,41 @@ class TokenSegApp(MONAILabelApp):
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
+    def _init_dicomweb(self) -> Datastore:
+        find_seg_tool()
+        self.studies = self.studies.rstrip("/").strip()
+        search_filter = settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER
+        if search_filter == MONAI_LABEL_DEFAULT_FILTER:  # MONAI Label's default (CT) hides every MR series
+            search_filter = DICOMWEB_FILTER
+        logger.info(f"DICOMweb datastore {self.studies}, series filter {search_filter}")
+        client = DICOMwebClientX(
+            url=self.studies,
+            qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+            stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+        return PhaseStackDICOMwebDatastore(
+            client,
+            search_filter,
+            cache_path=cache or None,
+            fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+            num_phases=self._in_channels(),
+        )
+
+    def _in_channels(self) -> int:
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(Path(self.bundle_dir) / "configs" / "inference.json"))
+        return int(parser.get_parsed_content("in_channels"))
+
     def init_infers(self) -> dict[str, InferTask]:
-        return {MODEL: BundleInferTask(self.bundle_dir, self.conf)}
+        task = BundleInferTask(self.bundle_dir, self.conf)
+        # the mask must go back to the image's own grid, or a DICOM SEG made from it is silently wrong
+        if not isinstance(task.post_transforms()[-1], Restored):
+            raise RuntimeError("the inference post-transforms must end with Restored(keys='pred', ref_image='image').")
+        return {MODEL: task}
 
     def init_trainers(self) -> dict[str, TrainTask]:
         return {MODEL: TokenSegTrainTask(self.bundle_dir, self.conf, self.train_defaults)}
@@ -120,7 +181,10 @@ class TokenSegApp(MONAILabelApp):
         image = request.get("image")
         if isinstance(image, str) and "session" not in request and not _is_upload(image):
             check_image_id(image)
-            if image not in (datastore or self.datastore()).list_images():
+            store = datastore or self.datastore()
+            if isinstance(store, PhaseStackDICOMwebDatastore):
+                store.phases_of(image)  # any phase series of a study with all its phases (404/400 otherwise)
+            elif image not in store.list_images():
                 raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore.")
         return super().infer(request, datastore)
 

@@ -29,8 +29,10 @@ def port_is_free(port: int) -> bool:
 class MonaiLabelServer:
     """``python -m monailabel.main start_server`` in its own process group; stopped (and its port freed) on exit."""
 
-    def __init__(self, studies: Path, model_dir: Path, log: Path, epochs: int = 1, val_split: float = 0.5):
-        self.studies, self.model_dir, self.log = studies, model_dir, log
+    def __init__(self, studies: Path | str, model_dir: Path, log: Path, epochs: int = 1, val_split: float = 0.5,
+                 env: dict[str, str] | None = None):
+        """``studies``: a folder, or a DICOMweb URL; ``env``: extra environment variables for the server."""
+        self.studies, self.model_dir, self.log, self.env = studies, model_dir, log, env or {}
         self.epochs, self.val_split = epochs, val_split
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -43,7 +45,7 @@ class MonaiLabelServer:
             "--conf", "epochs", str(self.epochs), "--conf", "val_split", str(self.val_split),
             "--host", "127.0.0.1", "--port", str(self.port),
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = subprocess.Popen(
             cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
