@@ -17,10 +17,11 @@
 With ``--studies http://HOST:PORT/dicom-web`` (a PACS, or the local Orthanc of
 ``python -m tokenseg.orthanc``) images come from DICOMweb: each study holds one
 MR series per contrast phase, stacked as the model's channels, and final labels
-go back as DICOM SEG (``lib/dicomweb.py``). The series filter defaults to MR
-here (MONAI Label's default is CT); ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``
-overrides it. DICOM SEG needs ``itkimage2segimage`` (``pip install dcmqi``): it is
-looked up beside this Python, so MONAI Label never tries to download it.
+go back as DICOM SEG (``lib/dicomweb.py``). The series filter is MR here
+(MONAI Label's default, ``{"Modality": "CT"}``, is replaced by it); any other
+``MONAI_LABEL_DICOMWEB_SEARCH_FILTER`` is used as given. DICOM SEG needs
+``itkimage2segimage`` (``pip install dcmqi``): it is looked up beside this
+Python, so MONAI Label never tries to download it.
 """
 
 from __future__ import annotations
