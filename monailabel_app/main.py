@@ -160,6 +160,8 @@ class TokenSegApp(MONAILabelApp):
 
     def init_infers(self) -> dict[str, InferTask]:
         task = BundleInferTask(self.bundle_dir, self.conf)
+        if not task.is_valid():
+            raise RuntimeError(f"{self.bundle_dir} cannot serve inference: no models/model.pt (train the bundle first).")
         # the mask must go back to the image's own grid, or a DICOM SEG made from it is silently wrong
         if not isinstance(task.post_transforms()[-1], Restored):
             raise RuntimeError("the inference post-transforms must end with Restored(keys='pred', ref_image='image').")
@@ -181,8 +183,10 @@ class TokenSegApp(MONAILabelApp):
     def infer(self, request, datastore=None):
         image = request.get("image")
         if isinstance(image, str) and "session" not in request and not _is_upload(image):
-            check_image_id(image)
             store = datastore or self.datastore()
+            if not isinstance(store, PhaseStackDICOMwebDatastore) and image in store.list_images():
+                return super().infer(request, datastore)  # a stored image, whatever characters its name has
+            check_image_id(image)
             if isinstance(store, PhaseStackDICOMwebDatastore):
                 store.phases_of(image)  # any phase series of a study with all its phases (404/400 otherwise)
             elif image not in store.list_images():

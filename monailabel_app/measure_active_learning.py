@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["tokenseg_uncertainty", "random"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    dataset_dir = ensure_demo_dataset(args.dataset_dir)
+    dataset_dir = args.dataset_dir or ensure_demo_dataset()
     pool = load_datalist(dataset_dir, "training")
     rng = random.Random(args.seed)
     initial = rng.sample(pool, args.initial)

@@ -197,7 +197,7 @@ def test_bad_inference_input_fails_clearly_and_keeps_outputs(problem, bundle, ba
         "missing image": ([good, demo / "missing.nii.gz"], 3, "no such file"),
         "corrupt file": ([good, corrupt], 3, "not a readable image"),
         "not an image": ([good, text], 3, "not a readable image"),
-        "wrong channels": ([good], 1, "expected a 3D image with 1 channel"),
+        "wrong channels": ([good, demo / "labelsTr" / "breast_000.nii.gz"], 3, "expected a 3D image with 3 channel"),
         "overwrite input": ([good, earlier], 3, "would be written over the input"),
     }[problem]
     proc = infer(bundle, images, out, channels, check=False)

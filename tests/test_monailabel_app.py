@@ -108,16 +108,15 @@ def test_annotation_loop_and_restart(studies, demo, tmp_path):
         assert picked["id"] == max(scores, key=scores.get)  # the least sure of the unlabelled images
         port = server.port
 
-        # stop the server in the middle of a longer retraining
-        client.train_start("tokenseg", {"max_epochs": 50, "val_split": 0.0})
-        time.sleep(20)
+        # stop the server in the middle of a longer retraining that validates and saves every epoch
+        client.train_start("tokenseg", {"max_epochs": 50, "val_split": 0.5})
+        time.sleep(25)
         assert client.train_status(check_if_running=True)
-        good = sha(checkpoint)
     assert port_is_free(port)
 
-    # the datastore and the last good checkpoint survived
+    # the datastore survived, and model.pt holds a complete checkpoint (written beside it, then renamed)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    assert "tokenizer.scorer.0.weight" in state and sha(checkpoint) == good
+    assert "tokenizer.scorer.0.weight" in state
     datastore = json.loads((studies / "datastore_v2.json").read_text())
     assert set(datastore["objects"]) == set(CASES)
     assert all("final" in datastore["objects"][c]["labels"] for c in CASES[:2])
@@ -146,10 +145,11 @@ def test_bad_requests_get_4xx_and_lose_nothing(studies, demo, tmp_path):
         assert_rejected(lambda: client.upload_image(str(studies / f"{CASES[1]}.nii.gz"), CASES[0]), "409", "exists")
         assert_rejected(lambda: client.save_label(CASES[0], str(wrong_shape), tag="final"), "400", "spatial shape")
         assert_rejected(lambda: client.save_label(CASES[0], str(junk), tag="final"), "400", "not a readable image")
+        assert_rejected(lambda: client.save_label(CASES[0], str(good_label), tag="../../x"), "400", "invalid label tag")
         assert_rejected(lambda: client.infer("tokenseg", "no_such_image", {}), "404", "not found")
         assert_rejected(lambda: client.infer("tokenseg", "../../etc/passwd", {}), "400", "invalid image id")
         assert_rejected(lambda: client.upload_image(str(studies / f"{CASES[1]}.nii.gz"), "../escape"), "400", "invalid")
 
         assert set(client.datastore()["objects"]) == set(CASES)
         assert {p: sha(p) for p in before} == before
-        assert not (studies.parent / "escape.nii.gz").exists()
+        assert not (studies.parent / "escape.nii.gz").exists() and not (studies.parent / "x").exists()

@@ -1,16 +1,21 @@
-"""Ignite handler that reports what TokenSeg computes besides the loss."""
+"""Ignite handlers: TokenSeg's diagnostics, and checkpoints that are never seen half-written."""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from collections.abc import Mapping
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointSaver
 
 from tokenseg.losses import TokenSegLoss
 from tokenseg.metrics import boundary_hit_rate
 
-__all__ = ["TokenSegDiagnostics"]
+__all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver"]
 
 
 class TokenSegDiagnostics:
@@ -60,3 +65,47 @@ class TokenSegDiagnostics:
     def _publish(self, engine: Engine) -> None:
         for name, total in self._sums.items():
             engine.state.metrics[name] = total / max(self._count, 1)
+
+
+class _ReplacingDiskSaver(BaseSaveHandler):
+    """Writes a checkpoint to a temporary file beside its target and renames it into place.
+
+    With a fixed ``filename`` (``model.pt``), replacing the file is the removal
+    of the old one, so ``remove`` leaves it alone: the name always holds a
+    complete checkpoint, the old one until the new one is in place.
+    """
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        self.dirname = dirname
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != 0:
+            return
+        os.makedirs(self.dirname, exist_ok=True)
+        path = os.path.join(self.dirname, self.filename or filename)
+        partial = f"{path}.{os.getpid()}.partial"
+        torch.save(checkpoint, partial)
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None and idist.get_rank() == 0:
+            os.remove(os.path.join(self.dirname, filename))
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose files are replaced atomically.
+
+    MONAI's saver deletes the previous best ``model.pt`` before writing the
+    new one, in place. A reader in between (the MONAI Label app reloads the
+    checkpoint when it changes) finds no file or half a file, and a run
+    stopped there loses the model. Here every file is written beside its
+    target and renamed over it. Same arguments as ``CheckpointSaver``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = _ReplacingDiskSaver(self.save_dir, checkpoint.save_handler.filename)

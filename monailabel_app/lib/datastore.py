@@ -25,12 +25,12 @@ logger = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def check_image_id(image_id: str) -> None:
-    """Raise HTTP 400 for ids that could leave the studies folder (``..``, separators, absolute paths)."""
+def check_image_id(image_id: str, what: str = "image id") -> None:
+    """Raise HTTP 400 for names that could leave the studies folder (``..``, separators, absolute paths)."""
     if not image_id or not _SAFE_ID.match(image_id) or ".." in image_id:
         raise HTTPException(
             status_code=400,
-            detail=f"invalid image id {image_id!r}: use letters, digits, '.', '_' and '-' only (no paths, no '..').",
+            detail=f"invalid {what} {image_id!r}: use letters, digits, '.', '_' and '-' only (no paths, no '..').",
         )
 
 
@@ -49,7 +49,7 @@ class CheckedDatastore(LocalDatastore):
         return super().add_image(image_id, image_filename, image_info)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        check_image_id(image_id)
+        check_image_id(label_tag, "label tag")  # the tag names the labels' folder
         if image_id not in self.list_images():
             raise HTTPException(status_code=404, detail=f"image {image_id!r} not found; no label saved.")
         try:

@@ -41,12 +41,19 @@ class TokenSegTrainTask(BundleTrainTask):
         options.update({k: v for k, v in self.defaults.items() if k != "tracking"})
         return options
 
+    def _load_checkpoint(self, model_pytorch, pretrained, train_handlers):
+        if pretrained:  # MONAI Label 0.8.5 crashes on os.path.exists(None) when asked not to start from the weights
+            super()._load_checkpoint(model_pytorch, pretrained, train_handlers)
+
     def _update_overrides(self, overrides):
         overrides["val_interval"] = self.val_interval
         return overrides
 
     def __call__(self, request, datastore: Datastore):
         request = {**self.defaults, **request}
+        if float(request.get("val_split", 0)) < 0:
+            # MONAI Label's "-1: the bundle's own validation list" would validate on the bundle's demo data
+            request["val_split"] = self.defaults["val_split"]
         if request.get("tracking") in (None, "", "none"):
             request["tracking"] = "None"
         logger.info(f"TokenSeg training on {len(datastore.get_labeled_images())} labelled images: {request}")

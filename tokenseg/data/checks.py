@@ -19,7 +19,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 class ImageInfo(tuple):
-    """(spatial_shape, spacing) of an image, from its header only."""
+    """(spatial_shape, spacing, channels) of an image, from its header only."""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -28,6 +28,10 @@ class ImageInfo(tuple):
     @property
     def spacing(self) -> tuple[float, ...]:
         return self[1]
+
+    @property
+    def channels(self) -> int:
+        return self[2]
 
 
 def read_image_info(path: str | os.PathLike) -> ImageInfo:
@@ -50,20 +54,24 @@ def read_image_info(path: str | os.PathLike) -> ImageInfo:
             reader.ReadImageInformation()
             shape = (*reader.GetSize()[:2], len(files))
             spacing = reader.GetSpacing()[:3]
+            channels = reader.GetNumberOfComponents()
         elif path.name.endswith(NIFTI_SUFFIXES):
             header = nib.load(str(path)).header
-            shape = tuple(int(s) for s in header.get_data_shape()[:3])
+            data_shape = header.get_data_shape()
+            shape = tuple(int(s) for s in data_shape[:3])
             spacing = tuple(float(s) for s in header.get_zooms()[:3])
+            channels = int(np.prod(data_shape[3:])) if len(data_shape) > 3 else 1  # channels last, as in MSD
         else:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
             shape, spacing = reader.GetSize()[:3], reader.GetSpacing()[:3]
+            channels = reader.GetNumberOfComponents() * int(np.prod(reader.GetSize()[3:]))
     except Exception as error:  # the readers raise many kinds; the caller needs one
         raise ValueError(f"{path}: not a readable image ({error}).") from error
     if len(shape) < 3 or min(shape) < 1:
         raise ValueError(f"{path}: expected a 3D image, got spatial shape {tuple(shape)}.")
-    return ImageInfo((tuple(int(s) for s in shape), tuple(float(s) for s in spacing)))
+    return ImageInfo((tuple(int(s) for s in shape), tuple(float(s) for s in spacing), int(channels)))
 
 
 def check_image_label_pair(image: str | os.PathLike, label: str | os.PathLike) -> None:

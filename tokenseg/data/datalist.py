@@ -100,10 +100,16 @@ def _output_stem(path: Path) -> str:
     return path.stem
 
 
-def image_entries(images: str | os.PathLike | list, output_dir: str | os.PathLike, postfix: str = "seg") -> list[dict]:
+def image_entries(
+    images: str | os.PathLike | list,
+    output_dir: str | os.PathLike,
+    num_channels: int | None = None,
+    postfix: str = "seg",
+) -> list[dict]:
     """Inference inputs as ``[{"image": path}]``, checked before anything is written.
 
-    Each image (a file or a DICOM series folder) must exist and be readable.
+    Each image (a file or a DICOM series folder) must exist, be readable and,
+    when ``num_channels`` is given, have that many channels.
     Masks are written as ``<output_dir>/<name>_<postfix>.nii.gz``; two inputs
     that would write the same mask, or a mask that would replace an input,
     are refused.
@@ -114,7 +120,9 @@ def image_entries(images: str | os.PathLike | list, output_dir: str | os.PathLik
     inputs = {p.resolve() for p in paths}
     outputs: dict[Path, Path] = {}
     for path in paths:
-        read_image_info(path)
+        info = read_image_info(path)
+        if num_channels is not None and info.channels != num_channels:
+            raise ValueError(f"{path}: expected a 3D image with {num_channels} channel(s), got {info.channels}.")
         output = (Path(output_dir) / f"{_output_stem(path)}_{postfix}.nii.gz").resolve()
         if output in inputs:
             raise ValueError(f"{path}: its mask would be written over the input file {output}; choose another output_dir.")

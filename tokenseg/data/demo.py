@@ -156,6 +156,14 @@ def _write_dataset(folder: Path) -> None:
     (folder / "dataset.json").write_text(json.dumps(description, indent=2))
 
 
+def _demo_version(datalist: Path) -> int | None:
+    """The demo version recorded in a ``dataset.json``, or None when it is not a TokenSeg demo's."""
+    try:
+        return json.loads(datalist.read_text()).get("tokenseg_demo_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def ensure_demo_dataset(dataset_dir: str | os.PathLike | None = None) -> str:
     """Return the demo dataset's folder, generating it first if it is missing or out of date.
 
@@ -167,9 +175,10 @@ def ensure_demo_dataset(dataset_dir: str | os.PathLike | None = None) -> str:
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         datalist = folder / "dataset.json"
-        if datalist.exists() and json.loads(datalist.read_text()).get("tokenseg_demo_version") == DEMO_VERSION:
+        version = _demo_version(datalist)
+        if version == DEMO_VERSION:
             return str(folder)
-        if folder.exists() and not datalist.exists() and any(folder.iterdir()):
+        if version is None and folder.exists() and any(folder.iterdir()):
             raise FileExistsError(f"{folder} exists and is not a TokenSeg demo dataset; not overwriting it.")
         logger.info(f"generating the TokenSeg demo dataset in {folder} ({sum(DEMO_SPLITS.values())} cases)")
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
