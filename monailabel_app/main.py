@@ -10,7 +10,7 @@
 - ``model_dir``: where the app keeps its working copy of the bundle, whose
   ``models/model.pt`` retraining replaces (default: ``model/`` in this app).
   The shipped bundle itself is never written.
-- ``epochs`` (10), ``val_split`` (0.2), ``device`` (``cuda`` when available, else
+- ``epochs`` (10), ``val_split`` (0.2), ``val_interval`` (1), ``device`` (``cuda`` when available, else
   ``cpu``), ``multi_gpu`` (``true``: ``torchrun`` over the visible GPUs),
   ``tracking`` (``none`` or ``mlflow``): defaults of a training request.
 
