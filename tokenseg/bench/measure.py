@@ -14,6 +14,7 @@ windows, overlap 0.25).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import resource
 import statistics
@@ -35,7 +36,12 @@ __all__ = ["measure"]
 
 def _reset_peak_rss() -> None:
     """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM), so that the
-    peak of the measured steps is not hidden by an earlier one (imports, building the model)."""
+    peak of the measured steps is not hidden by an earlier one (imports, building the model).
+    Freed heap memory is first handed back to the system, or the steps would reuse it unseen."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -128,8 +134,8 @@ def measure(
         torch.cuda.reset_peak_memory_stats(dev)
         baseline = torch.cuda.memory_allocated(dev) / 2**20
     else:
-        baseline = psutil.Process().memory_info().rss / 2**20
         _reset_peak_rss()
+        baseline = psutil.Process().memory_info().rss / 2**20
     times = _timed(step, dev, warmup, repeats)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _peak_rss_mib()
     result.update(

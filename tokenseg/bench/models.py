@@ -30,7 +30,7 @@ MODELS: dict[str, Builder] = {
 }
 
 MODEL_SETTINGS: dict[str, str] = {
-    "tokenseg": "TokenSeg defaults: widths 16/32/64/128, up to 100 candidate tokens per level (400 at 96^3), K=100, codebook 4096",
+    "tokenseg": "TokenSeg defaults: widths 16/32/64/128, up to 100 tokens per level (400 at 96^3), K=100, codebook 4096",
     "tokenseg_dense": "TokenSeg defaults with selection='all' (K = N, the dense ablation)",
     "unet": "UNet channels 16..256, strides 2, 2 residual units, batch norm (spleen_ct_segmentation)",
     "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",
