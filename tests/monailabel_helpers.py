@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tokenseg.orthanc import stop_process_group
+
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "monailabel_app"
 
@@ -65,16 +67,7 @@ class MonaiLabelServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process_group(self.process)
         # the server's background tasks (training, scoring) share its process group: make sure they are gone too
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
@@ -90,3 +83,14 @@ class MonaiLabelServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def wait_for_training(client, timeout: float = 900) -> dict:
+    """Poll MONAI Label's ``/train/`` status until the task has ended; its last status."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return status
+        time.sleep(3)
+    raise TimeoutError(f"training did not finish: {client.train_status()}")

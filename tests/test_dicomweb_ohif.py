@@ -26,7 +26,7 @@ from tokenseg.data.dicom import nifti_to_dicom_study, upload_series
 from tokenseg.orthanc import Orthanc, orthanc_missing
 
 from dicomweb_helpers import orthanc_instances, qido, uid
-from monailabel_helpers import MonaiLabelServer
+from monailabel_helpers import MonaiLabelServer, wait_for_training
 
 CASES = ["breast_000", "breast_001"]
 CHROMIUM = "/usr/bin/chromium"
@@ -75,16 +75,6 @@ def assert_rejected(call, status: str, text: str) -> None:
     with pytest.raises(MONAILabelClientException) as caught:
         call()
     assert f"Status: {status}" in caught.value.msg and text in caught.value.msg, caught.value.msg
-
-
-def wait_for_training(client: MONAILabelClient, timeout: float = 600) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = client.train_status()
-        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
-            return status
-        time.sleep(3)
-    raise TimeoutError(f"training did not finish: {client.train_status()}")
 
 
 def seg_series(orthanc: Orthanc) -> dict[str, str]:

@@ -17,7 +17,7 @@ from monailabel.client.client import MONAILabelClientException
 
 from tokenseg.data.demo import ensure_demo_dataset
 
-from monailabel_helpers import MonaiLabelServer, port_is_free
+from monailabel_helpers import MonaiLabelServer, port_is_free, wait_for_training
 
 CASES = ["breast_000", "breast_001", "breast_002", "breast_003"]
 
@@ -44,16 +44,6 @@ def client_for(server: MonaiLabelServer, tmp_path: Path) -> MONAILabelClient:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def wait_for_training(client: MONAILabelClient, timeout: float = 900) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = client.train_status()
-        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
-            return status
-        time.sleep(3)
-    raise TimeoutError(f"training did not finish: {client.train_status()}")
 
 
 def assert_rejected(call, status: str, text: str) -> None:

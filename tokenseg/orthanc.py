@@ -177,6 +177,20 @@ def answers(url: str) -> bool:
         return False
 
 
+
+def stop_process_group(process: subprocess.Popen, term_wait: float = 20, kill_wait: float = 10) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything in its group: SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, kill_wait)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
 class Orthanc:
     """``python -m tokenseg.orthanc serve`` in its own process group; ``with Orthanc(folder) as o: o.dicomweb``."""
 
@@ -208,16 +222,7 @@ class Orthanc:
     def stop(self) -> None:
         if self.process is None:
             return
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process_group(self.process, term_wait=30)
         self.process = None
 
     def __enter__(self) -> Orthanc:
