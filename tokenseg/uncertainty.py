@@ -26,8 +26,8 @@ def kept_cell_mask(network: TokenSeg, size: Sequence[int]) -> torch.Tensor:
         raise RuntimeError("kept_cell_mask needs a forward pass of the network first.")
     keep = network.aux.keep_mask.detach()
     mask = None
-    cells_per_level = [g[0] * g[1] * g[2] for g in network.grids]
-    for level, (level_keep, grid) in enumerate(zip(keep.split(cells_per_level, dim=1), network.grids), start=1):
+    per_level = keep.split(network.decoder.cells_per_level, dim=1)  # the decoder's own split of the token order
+    for level, (level_keep, grid) in enumerate(zip(per_level, network.grids), start=1):
         painted = expand_cells(level_keep.reshape(-1, 1, *grid), size, stride=2**level)
         mask = painted if mask is None else torch.maximum(mask, painted)
     return mask

@@ -119,10 +119,6 @@ class BoundaryAwareTokenizer(nn.Module):
             nn.Linear(score_hidden, 1),
         )
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.token_level.numel())
-
     @torch.no_grad()
     def restart_dead_codes(self, content: torch.Tensor) -> int:
         """Move unused codebook entries onto random tokens of ``content`` (B, N, E); returns how many moved."""
