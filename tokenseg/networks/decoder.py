@@ -1,12 +1,13 @@
-"""Sparse-to-dense decoder: kept tokens back into their cells, then a U-Net path up.
+"""Sparse-to-dense decoder: kept tokens back into their cells, then a light U-Net path up.
 
 For each level l, the N_l tokens of that level (B, N_l, E) (dropped tokens
 are zero) are projected to C_l channels, laid on the level's cell grid
 (B, C_l, *g_l), painted over the cells' positions (B, C_l, D_l, H_l, W_l)
 and added to the encoder feature through a learned per-channel gate that
 starts small (training starts close to a plain U-Net, while every token
-parameter already gets a gradient). Then the coarsest level is upsampled level by level with skip
-connections (MONAI's ``UnetUpBlock``) to the first level, at stride 2.
+parameter already gets a gradient). Then the coarsest level is upsampled
+level by level to the first level, at stride 2, each step an
+``AddSkipUpBlock``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,44 @@ import math
 from collections.abc import Sequence
 
 import torch
-from monai.networks.blocks import UnetUpBlock
+from monai.networks.blocks import Convolution
 from torch import nn
 
 from tokenseg.networks.cells import expand_cells
 
-__all__ = ["SparseToDenseDecoder"]
+__all__ = ["AddSkipUpBlock", "SparseToDenseDecoder"]
+
+
+class AddSkipUpBlock(nn.Module):
+    """One decoder step: (B, C_in, D, H, W) and skip (B, C_out, 2D, 2H, 2W) -> (B, C_out, 2D, 2H, 2W).
+
+    A 2x2x2 transposed convolution to the skip's width, the skip added (not
+    concatenated), then one 3x3x3 convolution, norm and activation. Adding
+    instead of MONAI's ``UnetUpBlock`` (concatenate, then two convolutions
+    on 2 C_out channels) costs a third of the multiply-adds at the finest,
+    most expensive level (measured at 96^3: 10.9 instead of 16.2 GFLOPs for the network).
+
+    Args:
+        in_channels: channels of the coarser input.
+        out_channels: channels of the skip and of the output.
+        norm_name, act_name: MONAI norm and activation names.
+        dropout: dropout rate after the convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm_name: str | tuple = "instance",
+        act_name: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.upsample = nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.fuse = Convolution(3, out_channels, out_channels, kernel_size=3, norm=norm_name, act=act_name, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.upsample(x) + skip)
 
 
 class SparseToDenseDecoder(nn.Module):
@@ -47,17 +80,7 @@ class SparseToDenseDecoder(nn.Module):
         self.reprojections = nn.ModuleList(nn.Linear(token_dim, c) for c in level_channels)
         self.gates = nn.ParameterList(nn.Parameter(torch.full((c,), 0.1)) for c in level_channels)
         self.up_blocks = nn.ModuleList(
-            UnetUpBlock(
-                3,
-                level_channels[i + 1],
-                level_channels[i],
-                kernel_size=3,
-                stride=1,
-                upsample_kernel_size=2,
-                norm_name=norm_name,
-                act_name=act_name,
-                dropout=dropout,
-            )
+            AddSkipUpBlock(level_channels[i + 1], level_channels[i], norm_name, act_name, dropout)
             for i in reversed(range(len(level_channels) - 1))
         )
 
@@ -73,7 +96,7 @@ class SparseToDenseDecoder(nn.Module):
         return out
 
     def forward(self, features: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        """features: finest first; returns (B, C_0, D_0, H_0, W_0) at the first level's resolution."""
+        """features: finest first; returns (B, C_1, D_1, H_1, W_1) at the first level's resolution."""
         levels = self.inject_tokens(features, tokens)
         x = levels[-1]
         for up, skip in zip(self.up_blocks, reversed(levels[:-1])):
