@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tokenseg.bench.__main__ import main
 
 
@@ -21,5 +23,16 @@ def test_benchmark_writes_every_field(tmp_path):
         flops = {r["size"][0]: r["gflops_forward"] for r in measured if r["model"] == model and r["mode"] == "infer"}
         assert flops[48] > flops[32] > 0
     assert set(saved["ratios"]["32x32x32"]["unet"]) == {"latency", "infer_memory", "train_step", "train_memory"}
+    for model in ("tokenseg", "unet"):
+        for mode in ("infer", "train"):
+            grown = saved["growth"][model][mode]
+            small, large = (next(r for r in measured if r["model"] == model and r["mode"] == mode and r["size"][0] == s)
+                            for s in (32, 48))
+            mvoxels = (48**3 - 32**3) / 1e6  # two sizes: the slope is the difference quotient
+            assert grown["sizes"] == [32, 48]
+            assert grown["mib_per_mvoxel"] == pytest.approx(
+                (large["peak_memory_mib"] - small["peak_memory_mib"]) / mvoxels, abs=0.1)
+            assert grown["seconds_per_mvoxel"] == pytest.approx(
+                (large["seconds_median"] - small["seconds_median"]) / mvoxels, abs=0.001)
     assert (tmp_path / "scaling_infer.png").stat().st_size > 0 and (tmp_path / "scaling_train.png").stat().st_size > 0
     assert "TokenSeg / baseline" in (tmp_path / "bench.md").read_text()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import platform
 import resource
 import subprocess
@@ -24,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tokenseg.bench.models import MODEL_SETTINGS, MODELS
@@ -91,6 +93,27 @@ def ratios(results: list[dict], size: Sequence[int]) -> dict:
     return out
 
 
+def growth(results: list[dict]) -> dict:
+    """How memory and latency grow with the input: least-squares slopes over the cubic sizes that ran,
+    in MiB and seconds per million voxels, per model and mode."""
+    out = {}
+    for r in results:
+        if r["mode"] in ("infer", "train") and "skipped" not in r and len(set(r["size"])) == 1:
+            out.setdefault(r["model"], {}).setdefault(r["mode"], []).append(r)
+    slopes = {}
+    for model, modes in out.items():
+        for mode, rows in modes.items():
+            if len(rows) < 2:
+                continue
+            voxels = np.array([math.prod(r["size"]) / 1e6 for r in rows])
+            slopes.setdefault(model, {})[mode] = {
+                "mib_per_mvoxel": round(float(np.polyfit(voxels, [r["peak_memory_mib"] for r in rows], 1)[0]), 1),
+                "seconds_per_mvoxel": round(float(np.polyfit(voxels, [r["seconds_median"] for r in rows], 1)[0]), 3),
+                "sizes": [r["size"][0] for r in rows],
+            }
+    return slopes
+
+
 def markdown(report: dict) -> str:
     lines = ["# TokenSeg benchmark", "", f"Machine: {report['machine']}", "", "Models:", ""]
     lines += [f"- `{m}`: {MODEL_SETTINGS[m]}" for m in report["models"]]
@@ -109,6 +132,12 @@ def markdown(report: dict) -> str:
         for baseline, row in table.items():
             cells = [str(row.get(k, "")) for k in ("latency", "infer_memory", "train_step", "train_memory")]
             lines.append(f"| {baseline} | " + " | ".join(cells) + " |")
+    lines += ["", "Growth with input size: least-squares slope over the cubic sizes that ran", "",
+              "| model | mode | MiB per Mvoxel | s per Mvoxel | sizes |", "|---|---|---|---|---|"]
+    for model, modes in report["growth"].items():
+        for mode, g in modes.items():
+            lines.append(f"| {model} | {mode} | {g['mib_per_mvoxel']} | {g['seconds_per_mvoxel']} | "
+                         f"{', '.join(map(str, g['sizes']))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -196,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "in_channels": args.in_channels,
         "results": results,
         "ratios": {"x".join(map(str, s)): ratios(results, s) for s in sizes if "tokenseg" in args.models},
+        "growth": growth(results),
     }
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
     report["plots"] = plots(report, args.out, accuracy)
