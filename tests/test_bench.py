@@ -36,3 +36,16 @@ def test_benchmark_writes_every_field(tmp_path):
                 (large["seconds_median"] - small["seconds_median"]) / mvoxels, abs=0.001)
     assert (tmp_path / "scaling_infer.png").stat().st_size > 0 and (tmp_path / "scaling_train.png").stat().st_size > 0
     assert "TokenSeg / baseline" in (tmp_path / "bench.md").read_text()
+
+
+def test_report_only_adds_the_dice_memory_plot_without_measuring(tmp_path):
+    with pytest.raises(SystemExit):  # nothing measured yet in this folder
+        main(["--report-only", "--out", str(tmp_path)])
+    measured = main(["--models", "tokenseg", "unet", "--sizes", "32", "--demo-patch", "32", "32", "32",
+                     "--volumes", "--repeats", "1", "--out", str(tmp_path)])
+    accuracy = tmp_path / "accuracy.json"
+    accuracy.write_text(json.dumps({"patch_size": [32, 32, 32],
+                                    "models": {"tokenseg": {"test_dice": 0.8}, "unet": {"test_dice": 0.7}}}))
+    remade = main(["--report-only", "--accuracy", str(accuracy), "--out", str(tmp_path)])
+    assert remade["results"] == measured["results"]
+    assert "pareto_dice_memory.png" in remade["plots"] and (tmp_path / "pareto_dice_memory.png").stat().st_size > 0

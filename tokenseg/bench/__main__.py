@@ -186,6 +186,33 @@ def plots(report: dict, out: Path, accuracy: dict | None) -> list[str]:
     return files
 
 
+def measure_all(args) -> dict:
+    """Every (model, size, mode) of the command line, each in its own process; the report without plots."""
+    jobs = [(m, [s] * 3, mode, None) for s in args.sizes for m in args.models for mode in ("infer", "train")]
+    jobs += [(m, args.demo_patch, mode, None) for m in args.models for mode in ("infer", "train")
+             if args.demo_patch not in ([s] * 3 for s in args.sizes)]
+    jobs += [(m, args.window, "sliding", [int(v) for v in vol.split("x")]) for vol in args.volumes for m in args.models]
+    results = []
+    for index, (model, size, mode, volume) in enumerate(jobs, start=1):
+        record = run_one(model, size, mode, args, volume)
+        results.append(record)
+        what = "skipped: " + record["skipped"] if "skipped" in record else (
+            f"{record['seconds_median']:.3f} s, {record['peak_memory_mib']:.0f} MiB")
+        logger.info(f"[{index}/{len(jobs)}] {model} {mode} {'x'.join(map(str, volume or size))}: {what}")
+
+    sizes = sorted({tuple(r["size"]) for r in results if r["mode"] != "sliding"})
+    return {
+        "machine": machine(),
+        "models": args.models,
+        "settings": {m: MODEL_SETTINGS[m] for m in args.models},
+        "batch": 1,
+        "in_channels": args.in_channels,
+        "results": results,
+        "ratios": {"x".join(map(str, s)): ratios(results, s) for s in sizes if "tokenseg" in args.models},
+        "growth": growth(results),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -200,33 +227,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--memory-limit-gb", type=float, default=16.0, help="address-space cap per CPU measurement")
     parser.add_argument("--accuracy", type=Path, default=None, help="JSON of benchmarks/accuracy.py")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: remake bench.md and the plots from --out/bench.json (e.g. with --accuracy)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    jobs = [(m, [s] * 3, mode, None) for s in args.sizes for m in args.models for mode in ("infer", "train")]
-    jobs += [(m, args.demo_patch, mode, None) for m in args.models for mode in ("infer", "train")
-             if args.demo_patch not in ([s] * 3 for s in args.sizes)]
-    jobs += [(m, args.window, "sliding", [int(v) for v in vol.split("x")]) for vol in args.volumes for m in args.models]
-    results = []
-    for index, (model, size, mode, volume) in enumerate(jobs, start=1):
-        record = run_one(model, size, mode, args, volume)
-        results.append(record)
-        what = "skipped: " + record["skipped"] if "skipped" in record else (
-            f"{record['seconds_median']:.3f} s, {record['peak_memory_mib']:.0f} MiB")
-        logger.info(f"[{index}/{len(jobs)}] {model} {mode} {'x'.join(map(str, volume or size))}: {what}")
-
-    sizes = sorted({tuple(r["size"]) for r in results if r["mode"] != "sliding"})
-    report = {
-        "machine": machine(),
-        "models": args.models,
-        "settings": {m: MODEL_SETTINGS[m] for m in args.models},
-        "batch": 1,
-        "in_channels": args.in_channels,
-        "results": results,
-        "ratios": {"x".join(map(str, s)): ratios(results, s) for s in sizes if "tokenseg" in args.models},
-        "growth": growth(results),
-    }
+    if args.report_only:
+        saved = args.out / "bench.json"
+        if not saved.is_file():
+            parser.error(f"--report-only remakes the report from {saved}, which does not exist: measure first.")
+        report = json.loads(saved.read_text())
+    else:
+        report = measure_all(args)
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
     report["plots"] = plots(report, args.out, accuracy)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
