@@ -44,11 +44,11 @@ def bundle_run(bundle: Path, run_id: str, configs: list[str], args_file: Path, l
         "--logging_file", str(bundle / "configs" / "logging.conf"),
         "--args_file", str(args_file),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    log.write_text(proc.stdout + proc.stderr)
+    with open(log, "w") as out:  # written as it runs: the bundle's progress bar and logs
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
-    return proc.stdout + proc.stderr
+    return log.read_text()
 
 
 def overrides(model: str, bundle: Path, dataset_dir: str, epochs: int) -> dict:
@@ -92,6 +92,7 @@ def main() -> None:
         shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval"))
         args_file = args.out / model / "overrides.json"
         args_file.write_text(json.dumps(overrides(model, bundle, dataset_dir, args.epochs), indent=2))
+        print(f"{model}: training {args.epochs} epochs (progress in {args.out / model / 'train.log'})", flush=True)
         start = time.time()
         log = bundle_run(bundle, "training", ["train.json"], args_file, args.out / model / "train.log")
         seconds = time.time() - start

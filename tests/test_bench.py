@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tokenseg.bench.__main__ import main
+from tokenseg.bench.__main__ import main, pareto_front
 
 
 def test_benchmark_writes_every_field(tmp_path):
@@ -34,6 +34,10 @@ def test_benchmark_writes_every_field(tmp_path):
                 (large["peak_memory_mib"] - small["peak_memory_mib"]) / mvoxels, abs=0.1)
             assert grown["seconds_per_mvoxel"] == pytest.approx(
                 (large["seconds_median"] - small["seconds_median"]) / mvoxels, abs=0.001)
+        # the growth target compares TokenSeg's slope with the baselines' (here only UNet)
+        target = next(t for t in saved["targets"] if t["target"].startswith(f"{mode} memory growth"))
+        ours, theirs = saved["growth"]["tokenseg"][mode]["mib_per_mvoxel"], saved["growth"]["unet"][mode]["mib_per_mvoxel"]
+        assert target["measured"] == ours and target["met"] == (ours < theirs)
     assert (tmp_path / "scaling_infer.png").stat().st_size > 0 and (tmp_path / "scaling_train.png").stat().st_size > 0
     assert "TokenSeg / baseline" in (tmp_path / "bench.md").read_text()
 
@@ -44,8 +48,20 @@ def test_report_only_adds_the_dice_memory_plot_without_measuring(tmp_path):
     measured = main(["--models", "tokenseg", "unet", "--sizes", "32", "--demo-patch", "32", "32", "32",
                      "--volumes", "--repeats", "1", "--out", str(tmp_path)])
     accuracy = tmp_path / "accuracy.json"
-    accuracy.write_text(json.dumps({"patch_size": [32, 32, 32],
-                                    "models": {"tokenseg": {"test_dice": 0.8}, "unet": {"test_dice": 0.7}}}))
+    scores = {"tokenseg": 0.795, "unet": 0.8}
+    accuracy.write_text(json.dumps({
+        "dataset": "demo", "patch_size": [32, 32, 32], "optimisation_steps": 8, "patches_per_step": 4,
+        "models": {m: {"test_dice": d, "test_iou": d / (2 - d), "test_hd95_voxels": 2.0, "train_seconds": 10.0}
+                   for m, d in scores.items()},
+    }))
     remade = main(["--report-only", "--accuracy", str(accuracy), "--out", str(tmp_path)])
     assert remade["results"] == measured["results"]
     assert "pareto_dice_memory.png" in remade["plots"] and (tmp_path / "pareto_dice_memory.png").stat().st_size > 0
+    dice_target = next(t for t in remade["targets"] if t["target"].startswith("test Dice"))
+    assert dice_target["measured"] == 0.795 and dice_target["met"]  # within the 0.01 margin of UNet's 0.8
+    assert "| tokenseg | 0.795 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_pareto_front_keeps_points_nothing_beats():
+    points = {"a": (100.0, 0.9), "b": (200.0, 0.95), "c": (300.0, 0.93), "d": (50.0, 0.5), "e": (100.0, 0.8)}
+    assert pareto_front(points) == ["d", "a", "b"]

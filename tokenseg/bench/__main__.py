@@ -5,10 +5,11 @@
 Each (model, size, mode) is measured in its own process (``tokenseg.bench.measure``)
 so that peak memories never mix; a measurement that fails or runs out of time is
 recorded as skipped with its reason. Writes ``bench.json`` (every figure and the
-machine), ``bench.md`` (tables and TokenSeg's ratios against each baseline) and
-plots of memory and latency against input size to ``--out``. With
-``--accuracy FILE`` (the JSON of ``benchmarks/accuracy.py``) it also plots test
-Dice against training memory.
+machine), ``bench.md`` (tables, TokenSeg's ratios against each baseline, growth
+with input size, and the efficiency targets met or missed) and plots of memory
+and latency against input size to ``--out``. With ``--accuracy FILE`` (the JSON
+of ``benchmarks/accuracy.py``) it adds the accuracy table, the Dice target and a
+plot of test Dice against training memory with its Pareto front.
 """
 
 from __future__ import annotations
@@ -114,6 +115,41 @@ def growth(results: list[dict]) -> dict:
     return slopes
 
 
+# The efficiency targets: TokenSeg's figure over the baseline's at TARGET_SIZE must not exceed the limit
+# (1: no more than the baseline; 0.36 and 0.32: the paper's -64% memory and -68% latency against UNETR).
+TARGET_SIZE = "96x96x96"
+RATIO_TARGETS = (
+    ("train_memory", "unet", 1.0), ("train_memory", "segresnet", 1.0), ("train_memory", "unetr", 0.36),
+    ("latency", "unet", 1.0), ("latency", "segresnet", 1.0), ("latency", "unetr", 0.32),
+)
+DICE_MARGIN = 0.01  # TokenSeg's test Dice may trail the best baseline's by at most this
+
+
+def targets(report: dict) -> list[dict]:
+    """Each target with what this run measured and whether it is met (targets whose figures are missing are left out)."""
+    out = []
+    at_size = report["ratios"].get(TARGET_SIZE, {})
+    for figure, baseline, limit in RATIO_TARGETS:
+        value = at_size.get(baseline, {}).get(figure)
+        if value is not None:
+            out.append({"target": f"{figure} at {TARGET_SIZE}: tokenseg / {baseline} <= {limit}",
+                        "measured": value, "met": value <= limit})
+    for mode in ("infer", "train"):
+        ours = report["growth"].get("tokenseg", {}).get(mode)
+        theirs = {b: g[mode]["mib_per_mvoxel"] for b, g in report["growth"].items() if b in BASELINES and mode in g}
+        if ours and theirs:
+            out.append({"target": f"{mode} memory growth (MiB per Mvoxel) below every baseline's {theirs}",
+                        "measured": ours["mib_per_mvoxel"], "met": ours["mib_per_mvoxel"] < min(theirs.values())})
+    dice = {m: r["test_dice"] for m, r in (report.get("accuracy") or {}).get("models", {}).items()}
+    baseline_dice = {m: d for m, d in dice.items() if m in BASELINES}
+    if "tokenseg" in dice and baseline_dice:
+        best = max(baseline_dice, key=baseline_dice.get)
+        what = f"test Dice at equal budget >= best baseline's ({best}, {baseline_dice[best]:.3f}) - {DICE_MARGIN}"
+        out.append({"target": what,
+                    "measured": dice["tokenseg"], "met": dice["tokenseg"] >= baseline_dice[best] - DICE_MARGIN})
+    return out
+
+
 def markdown(report: dict) -> str:
     lines = ["# TokenSeg benchmark", "", f"Machine: {report['machine']}", "", "Models:", ""]
     lines += [f"- `{m}`: {MODEL_SETTINGS[m]}" for m in report["models"]]
@@ -138,7 +174,25 @@ def markdown(report: dict) -> str:
         for mode, g in modes.items():
             lines.append(f"| {model} | {mode} | {g['mib_per_mvoxel']} | {g['seconds_per_mvoxel']} | "
                          f"{', '.join(map(str, g['sizes']))} |")
+    accuracy = report.get("accuracy")
+    if accuracy:
+        lines += ["", f"Accuracy at an equal budget: {accuracy['optimisation_steps']} optimisation steps of "
+                      f"{accuracy['patches_per_step']} patches of {accuracy['patch_size']} ({accuracy['dataset']})", "",
+                  "| model | test Dice | test IoU | HD95 (voxels) | train s | boundary hit rate |",
+                  "|---|---|---|---|---|---|"]
+        for model, r in accuracy["models"].items():
+            lines.append(f"| {model} | {r['test_dice']:.3f} | {r['test_iou']:.3f} | {r['test_hd95_voxels']:.2f} | "
+                         f"{r['train_seconds']:.0f} | {r.get('boundary_hit_rate_last_epoch', '')} |")
+    lines += ["", "Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in report["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the (memory, dice) points no other point beats on both (less memory and higher Dice), by memory."""
+    front = [name for name, (mem, dice) in points.items()
+             if not any(m <= mem and d >= dice and (m, d) != (mem, dice) for m, d in points.values())]
+    return sorted(front, key=lambda name: points[name][0])
 
 
 def plots(report: dict, out: Path, accuracy: dict | None) -> list[str]:
@@ -171,12 +225,18 @@ def plots(report: dict, out: Path, accuracy: dict | None) -> list[str]:
         files.append(name)
     if accuracy:
         fig, ax = plt.subplots(figsize=(6, 4.5))
+        points = {}
         for model, acc in accuracy.get("models", {}).items():
             train = next((r for r in report["results"] if r["model"] == model and r["mode"] == "train"
                           and r["size"] == accuracy.get("patch_size") and "skipped" not in r), None)
             if train and "test_dice" in acc:
-                ax.scatter(train["peak_memory_mib"], acc["test_dice"], s=50)
-                ax.annotate(model, (train["peak_memory_mib"], acc["test_dice"]))
+                points[model] = (train["peak_memory_mib"], acc["test_dice"])
+                ax.scatter(*points[model], s=50)
+                ax.annotate(model, points[model])
+        front = pareto_front(points)
+        ax.step([points[m][0] for m in front], [points[m][1] for m in front], where="post", color="grey",
+                linestyle="--", label="Pareto front")
+        ax.legend(loc="lower right")
         ax.set_xlabel("training-step peak memory (MiB) at the demo patch")
         ax.set_ylabel("test Dice (demo set, equal budget)")
         ax.grid(alpha=0.3)
@@ -240,8 +300,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         report = json.loads(saved.read_text())
     else:
         report = measure_all(args)
-    accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
-    report["plots"] = plots(report, args.out, accuracy)
+    if args.accuracy:
+        report["accuracy"] = json.loads(args.accuracy.read_text())
+    report["targets"] = targets(report)
+    report["plots"] = plots(report, args.out, report.get("accuracy"))
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     (args.out / "bench.md").write_text(markdown(report))
     print(markdown(report))

@@ -8,7 +8,7 @@ peak memories never mix:
 Modes: ``infer`` (one forward pass of a ``size`` patch, no gradients),
 ``train`` (forward, loss, backward, optimiser step on a ``size`` patch) and
 ``sliding`` (sliding-window inference of a whole ``--volume`` with ``size``
-windows, overlap 0.25).
+windows, overlap 0.25; one window as warm-up, one timed pass).
 """
 
 from __future__ import annotations
@@ -126,6 +126,12 @@ def measure(
         def step() -> None:
             with torch.inference_mode():
                 sliding_window_inference(whole, size, 1, model, overlap=0.25)
+
+        # A whole volume is many windows (a minute or more for the big models):
+        # warm up on one window and time a single pass.
+        with torch.inference_mode():
+            model(x)
+        warmup, repeats = 0, 1
 
     else:
         raise ValueError(f"mode must be 'infer', 'train' or 'sliding', got {mode!r}.")
