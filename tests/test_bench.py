@@ -3,8 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from tokenseg.bench.__main__ import main, pareto_front
+from tokenseg.bench.models import build_model
+from tokenseg.bench.profile import profile_modules
 
 
 def test_benchmark_writes_every_field(tmp_path):
@@ -47,6 +50,18 @@ def test_report_only_adds_the_dice_memory_plot_without_measuring(tmp_path):
         main(["--report-only", "--out", str(tmp_path)])
     measured = main(["--models", "tokenseg", "unet", "--sizes", "32", "--demo-patch", "32", "32", "32",
                      "--volumes", "--repeats", "1", "--out", str(tmp_path)])
+    # --update measures again what its command line names and merges it: UNet's inference replaced in place,
+    # SegResNet's added, and the ratios follow
+    updated = main(["--update", "--models", "unet", "segresnet", "--sizes", "32", "--demo-patch", "32", "32", "32",
+                    "--volumes", "--modes", "infer", "--repeats", "1", "--out", str(tmp_path)])
+    keys = [(r["model"], r["mode"]) for r in updated["results"]]
+    assert keys == [(r["model"], r["mode"]) for r in measured["results"]] + [("segresnet", "infer")]
+    unet_before, unet_after = (next(r for r in report["results"] if r["model"] == "unet" and r["mode"] == "infer")
+                               for report in (measured, updated))
+    assert unet_after["seconds_all"] != unet_before["seconds_all"]  # measured again
+    assert updated["models"] == ["tokenseg", "unet", "segresnet"]
+    assert set(updated["ratios"]["32x32x32"]["segresnet"]) == {"latency", "infer_memory"}
+    measured = updated
     accuracy = tmp_path / "accuracy.json"
     scores = {"tokenseg": 0.795, "unet": 0.8}
     accuracy.write_text(json.dumps({
@@ -65,3 +80,13 @@ def test_report_only_adds_the_dice_memory_plot_without_measuring(tmp_path):
 def test_pareto_front_keeps_points_nothing_beats():
     points = {"a": (100.0, 0.9), "b": (200.0, 0.95), "c": (300.0, 0.93), "d": (50.0, 0.5), "e": (100.0, 0.8)}
     assert pareto_front(points) == ["d", "a", "b"]
+
+
+def test_profile_times_every_part_of_tokenseg():
+    model = build_model("tokenseg", 1, 2, (32, 32, 32))
+    figures = profile_modules(model, torch.randn(1, 1, 32, 32, 32), repeats=1)
+    parts = ["encoder.0", "encoder.1", "encoder.2", "encoder.3", "tokenizer", "mixer", "decoder", "head"]
+    assert list(figures["modules_ms"]) == parts
+    assert all(ms > 0 for ms in figures["modules_ms"].values())
+    assert sum(figures["modules_ms"].values()) <= figures["total_ms"]
+    assert "convolution" in figures["operators"]

@@ -246,12 +246,17 @@ def plots(report: dict, out: Path, accuracy: dict | None) -> list[str]:
     return files
 
 
-def measure_all(args) -> dict:
-    """Every (model, size, mode) of the command line, each in its own process; the report without plots."""
+def _key(record: dict) -> tuple:
+    return record["model"], tuple(record["size"]), record["mode"], tuple(record.get("volume", ()))
+
+
+def measure_all(args) -> list[dict]:
+    """Every (model, size, mode) of the command line, each in its own process."""
     jobs = [(m, [s] * 3, mode, None) for s in args.sizes for m in args.models for mode in ("infer", "train")]
     jobs += [(m, args.demo_patch, mode, None) for m in args.models for mode in ("infer", "train")
              if args.demo_patch not in ([s] * 3 for s in args.sizes)]
     jobs += [(m, args.window, "sliding", [int(v) for v in vol.split("x")]) for vol in args.volumes for m in args.models]
+    jobs = [job for job in jobs if job[2] in args.modes]
     results = []
     for index, (model, size, mode, volume) in enumerate(jobs, start=1):
         record = run_one(model, size, mode, args, volume)
@@ -259,18 +264,29 @@ def measure_all(args) -> dict:
         what = "skipped: " + record["skipped"] if "skipped" in record else (
             f"{record['seconds_median']:.3f} s, {record['peak_memory_mib']:.0f} MiB")
         logger.info(f"[{index}/{len(jobs)}] {model} {mode} {'x'.join(map(str, volume or size))}: {what}")
+    return results
 
+
+def summarise(results: list[dict], models: Sequence[str], in_channels: int) -> dict:
+    """The report of a set of measurements: the machine, the settings, ratios and growth."""
     sizes = sorted({tuple(r["size"]) for r in results if r["mode"] != "sliding"})
     return {
         "machine": machine(),
-        "models": args.models,
-        "settings": {m: MODEL_SETTINGS[m] for m in args.models},
+        "models": list(models),
+        "settings": {m: MODEL_SETTINGS[m] for m in models},
         "batch": 1,
-        "in_channels": args.in_channels,
+        "in_channels": in_channels,
         "results": results,
-        "ratios": {"x".join(map(str, s)): ratios(results, s) for s in sizes if "tokenseg" in args.models},
+        "ratios": {"x".join(map(str, s)): ratios(results, s) for s in sizes if "tokenseg" in models},
         "growth": growth(results),
     }
+
+
+def merge(saved: dict, new: list[dict], models: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """``saved``'s results with each (model, size, mode) measured again replaced in place, the others appended."""
+    fresh = {_key(r): r for r in new}
+    results = [fresh.pop(_key(r), r) for r in saved["results"]] + list(fresh.values())
+    return results, [*saved["models"], *(m for m in models if m not in saved["models"])]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -287,21 +303,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--memory-limit-gb", type=float, default=16.0, help="address-space cap per CPU measurement")
     parser.add_argument("--accuracy", type=Path, default=None, help="JSON of benchmarks/accuracy.py")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--modes", nargs="+", default=["infer", "train", "sliding"], choices=["infer", "train", "sliding"])
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: remake bench.md and the plots from --out/bench.json (e.g. with --accuracy)")
+    parser.add_argument("--update", action="store_true",
+                        help="measure the jobs of this command line again and merge them into --out/bench.json, "
+                             "replacing the same (model, size, mode)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
 
+    saved = args.out / "bench.json"
+    if (args.report_only or args.update) and not saved.is_file():
+        parser.error(f"--report-only and --update start from {saved}, which does not exist: measure first.")
     if args.report_only:
-        saved = args.out / "bench.json"
-        if not saved.is_file():
-            parser.error(f"--report-only remakes the report from {saved}, which does not exist: measure first.")
         report = json.loads(saved.read_text())
+    elif args.update:
+        previous = json.loads(saved.read_text())
+        args.in_channels = previous["in_channels"]  # every figure of one report with the same input
+        results, models = merge(previous, measure_all(args), args.models)
+        report = {**summarise(results, models, args.in_channels), "accuracy": previous.get("accuracy")}
     else:
-        report = measure_all(args)
+        report = summarise(measure_all(args), args.models, args.in_channels)
     if args.accuracy:
         report["accuracy"] = json.loads(args.accuracy.read_text())
+    if not report.get("accuracy"):
+        report.pop("accuracy", None)
     report["targets"] = targets(report)
     report["plots"] = plots(report, args.out, report.get("accuracy"))
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
