@@ -9,7 +9,7 @@ bundle's ``evaluate.json`` measures Dice, IoU and HD95 on the demo's test
 split. Each run is the real ``python -m monai.bundle`` command in its own
 process, on a copy of the bundle.
 
-    python benchmarks/accuracy.py --epochs 20 --out runs/accuracy
+    python benchmarks/accuracy.py --epochs 15 --out runs/accuracy
 
 Writes ``accuracy.json`` and ``accuracy.md`` to ``--out``; pass the JSON to
 ``python -m tokenseg.bench --accuracy`` for the Dice-memory Pareto plot.
@@ -67,11 +67,31 @@ def overrides(model: str, bundle: Path, dataset_dir: str, epochs: int) -> dict:
     }
 
 
+def write_report(report: dict, out: Path) -> None:
+    """accuracy.json (for ``python -m tokenseg.bench --accuracy``) and accuracy.md."""
+    (out / "accuracy.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"Budget: {report['optimisation_steps']} optimisation steps ({report['epochs']} epochs) of "
+        f"{report['patches_per_step']} patches of {report['patch_size']}, same pipeline for every model.",
+        "",
+        "| model | test Dice | test IoU | HD95 (voxels) | train time (s) | boundary hit rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, r in report["models"].items():
+        hit = r.get("boundary_hit_rate_last_epoch", "")
+        lines.append(f"| {model} | {r['test_dice']:.3f} | {r['test_iou']:.3f} | {r['test_hd95_voxels']:.2f} | "
+                     f"{r['train_seconds']:.0f} | {hit} |")
+    (out / "accuracy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "tokenseg_dense"], choices=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "accuracy")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other models of --out/accuracy.json (same budget) and add or replace these")
     args = parser.parse_args()
     dataset_dir = ensure_demo_dataset()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -86,6 +106,13 @@ def main() -> None:
         "settings": {m: MODEL_SETTINGS[m] for m in args.models},
         "models": {},
     }
+    saved = args.out / "accuracy.json"
+    if args.update and saved.is_file():
+        previous = json.loads(saved.read_text())
+        if previous["optimisation_steps"] != report["optimisation_steps"]:
+            parser.error(f"--update: {saved} was measured at {previous['optimisation_steps']} optimisation steps, "
+                         f"not {report['optimisation_steps']}")
+        report["models"] = previous["models"]
     for model in args.models:
         bundle = args.out / model / "bundle"
         shutil.rmtree(bundle, ignore_errors=True)
@@ -110,20 +137,7 @@ def main() -> None:
             result["boundary_hit_rate_last_epoch"] = float(hit_rates[-1])
         report["models"][model] = result
         print(model, result, flush=True)
-    (args.out / "accuracy.json").write_text(json.dumps(report, indent=2))
-    lines = [
-        f"Budget: {report['optimisation_steps']} optimisation steps ({args.epochs} epochs) of "
-        f"{report['patches_per_step']} patches of {report['patch_size']}, same pipeline for every model.",
-        "",
-        "| model | test Dice | test IoU | HD95 (voxels) | train time (s) | boundary hit rate |",
-        "|---|---|---|---|---|---|",
-    ]
-    for model, r in report["models"].items():
-        hit = r.get("boundary_hit_rate_last_epoch", "")
-        lines.append(f"| {model} | {r['test_dice']:.3f} | {r['test_iou']:.3f} | {r['test_hd95_voxels']:.2f} | "
-                     f"{r['train_seconds']:.0f} | {hit} |")
-    (args.out / "accuracy.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        write_report(report, args.out)  # after every model: a long run stopped midway keeps what it measured
 
 
 if __name__ == "__main__":

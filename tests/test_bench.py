@@ -89,4 +89,4 @@ def test_profile_times_every_part_of_tokenseg():
     assert list(figures["modules_ms"]) == parts
     assert all(ms > 0 for ms in figures["modules_ms"].values())
     assert sum(figures["modules_ms"].values()) <= figures["total_ms"]
-    assert "convolution" in figures["operators"]
+    assert "conv" in figures["operators"]  # slow_conv3d_forward or mkldnn_convolution, by input size

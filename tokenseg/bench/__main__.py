@@ -215,9 +215,10 @@ def plots(report: dict, out: Path, accuracy: dict | None) -> list[str]:
             axes[1].plot(sizes, [r["seconds_median"] for r in rows], marker="o", label=model)
         for ax, ylabel in zip(axes, ("peak memory (MiB)", "median seconds")):
             ax.set_xlabel("cubic input size")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-        axes[0].legend()
+            ax.set_ylabel(ylabel + ", log scale")
+            ax.set_yscale("log")  # the models span two orders of magnitude
+            ax.grid(alpha=0.3, which="both")
+        axes[0].legend(fontsize="small")
         fig.suptitle(f"{mode}: memory and latency against input size ({report['machine']['device']})")
         name = f"scaling_{mode}.png"
         fig.savefig(out / name, dpi=100, bbox_inches="tight")
