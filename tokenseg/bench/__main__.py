@@ -146,7 +146,7 @@ def targets(report: dict) -> list[dict]:
         best = max(baseline_dice, key=baseline_dice.get)
         what = f"test Dice at equal budget >= best baseline's ({best}, {baseline_dice[best]:.3f}) - {DICE_MARGIN}"
         out.append({"target": what,
-                    "measured": dice["tokenseg"], "met": dice["tokenseg"] >= baseline_dice[best] - DICE_MARGIN})
+                    "measured": round(dice["tokenseg"], 3), "met": dice["tokenseg"] >= baseline_dice[best] - DICE_MARGIN})
     return out
 
 
@@ -304,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--memory-limit-gb", type=float, default=16.0, help="address-space cap per CPU measurement")
     parser.add_argument("--accuracy", type=Path, default=None, help="JSON of benchmarks/accuracy.py")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
-    parser.add_argument("--modes", nargs="+", default=["infer", "train", "sliding"], choices=["infer", "train", "sliding"])
+    parser.add_argument("--modes", nargs="+", default=["infer", "train", "sliding"], choices=["infer", "train", "sliding"],
+                        help="which measurements to run (with --update: which to run again)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: remake bench.md and the plots from --out/bench.json (e.g. with --accuracy)")
     parser.add_argument("--update", action="store_true",
