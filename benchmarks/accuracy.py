@@ -113,6 +113,7 @@ def main() -> None:
             parser.error(f"--update: {saved} was measured at {previous['optimisation_steps']} optimisation steps, "
                          f"not {report['optimisation_steps']}")
         report["models"] = previous["models"]
+        report["settings"] = {**previous["settings"], **report["settings"]}
     for model in args.models:
         bundle = args.out / model / "bundle"
         shutil.rmtree(bundle, ignore_errors=True)
