@@ -30,6 +30,7 @@ from pathlib import Path
 from monai.bundle import ConfigParser
 
 from tokenseg.bench.models import MODEL_SETTINGS, MODELS
+from tokenseg.bench.tables import accuracy_table
 from tokenseg.data.demo import ensure_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,17 +71,7 @@ def overrides(model: str, bundle: Path, dataset_dir: str, epochs: int) -> dict:
 def write_report(report: dict, out: Path) -> None:
     """accuracy.json (for ``python -m tokenseg.bench --accuracy``) and accuracy.md."""
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
-    lines = [
-        f"Budget: {report['optimisation_steps']} optimisation steps ({report['epochs']} epochs) of "
-        f"{report['patches_per_step']} patches of {report['patch_size']}, same pipeline for every model.",
-        "",
-        "| model | test Dice | test IoU | HD95 (voxels) | train time (s) | boundary hit rate |",
-        "|---|---|---|---|---|---|",
-    ]
-    for model, r in report["models"].items():
-        hit = r.get("boundary_hit_rate_last_epoch", "")
-        lines.append(f"| {model} | {r['test_dice']:.3f} | {r['test_iou']:.3f} | {r['test_hd95_voxels']:.2f} | "
-                     f"{r['train_seconds']:.0f} | {hit} |")
+    lines = accuracy_table(report)
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from tokenseg.bench.models import MODEL_SETTINGS, MODELS
+from tokenseg.bench.tables import accuracy_table
 
 logger = logging.getLogger("tokenseg.bench")
 
@@ -140,7 +141,7 @@ def targets(report: dict) -> list[dict]:
         if ours and theirs:
             out.append({"target": f"{mode} memory growth (MiB per Mvoxel) below every baseline's {theirs}",
                         "measured": ours["mib_per_mvoxel"], "met": ours["mib_per_mvoxel"] < min(theirs.values())})
-    dice = {m: r["test_dice"] for m, r in (report.get("accuracy") or {}).get("models", {}).items()}
+    dice = {m: r["test_dice"] for m, r in report.get("accuracy", {}).get("models", {}).items()}
     baseline_dice = {m: d for m, d in dice.items() if m in BASELINES}
     if "tokenseg" in dice and baseline_dice:
         best = max(baseline_dice, key=baseline_dice.get)
@@ -174,15 +175,8 @@ def markdown(report: dict) -> str:
         for mode, g in modes.items():
             lines.append(f"| {model} | {mode} | {g['mib_per_mvoxel']} | {g['seconds_per_mvoxel']} | "
                          f"{', '.join(map(str, g['sizes']))} |")
-    accuracy = report.get("accuracy")
-    if accuracy:
-        lines += ["", f"Accuracy at an equal budget: {accuracy['optimisation_steps']} optimisation steps of "
-                      f"{accuracy['patches_per_step']} patches of {accuracy['patch_size']} ({accuracy['dataset']})", "",
-                  "| model | test Dice | test IoU | HD95 (voxels) | train s | boundary hit rate |",
-                  "|---|---|---|---|---|---|"]
-        for model, r in accuracy["models"].items():
-            lines.append(f"| {model} | {r['test_dice']:.3f} | {r['test_iou']:.3f} | {r['test_hd95_voxels']:.2f} | "
-                         f"{r['train_seconds']:.0f} | {r.get('boundary_hit_rate_last_epoch', '')} |")
+    if "accuracy" in report:
+        lines += ["", *accuracy_table(report["accuracy"])]
     lines += ["", "Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in report["targets"]]
     return "\n".join(lines) + "\n"
@@ -324,13 +318,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         previous = json.loads(saved.read_text())
         args.in_channels = previous["in_channels"]  # every figure of one report with the same input
         results, models = merge(previous, measure_all(args), args.models)
-        report = {**summarise(results, models, args.in_channels), "accuracy": previous.get("accuracy")}
+        report = summarise(results, models, args.in_channels)
+        if "accuracy" in previous:
+            report["accuracy"] = previous["accuracy"]
     else:
         report = summarise(measure_all(args), args.models, args.in_channels)
     if args.accuracy:
         report["accuracy"] = json.loads(args.accuracy.read_text())
-    if not report.get("accuracy"):
-        report.pop("accuracy", None)
     report["targets"] = targets(report)
     report["plots"] = plots(report, args.out, report.get("accuracy"))
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
