@@ -41,7 +41,8 @@ from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -49,15 +50,15 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-from monailabel.tasks.infer.bundle import BundleInferTask
-from monailabel.transform.post import Restored
 from monailabel.utils.others.generic import strtobool
 
 import tokenseg
 
 from lib.datastore import CheckedDatastore, check_image_id
 from lib.dicomweb import PhaseStackDICOMwebDatastore
+from lib.infer import NO_MODEL, TrainedModel, UntrainedModel, check_image
 from lib.scoring import SCORE_KEY, BoundaryTokenEntropyScoring
+from lib.task import prepare_task
 from lib.train import TokenSegTrainTask
 
 logger = logging.getLogger(__name__)
@@ -80,21 +81,6 @@ def find_seg_tool() -> str:
     return tool
 
 
-def prepare_bundle(source: Path, working_copy: Path) -> Path:
-    """Keep the app's working copy of ``source`` current: configs and docs from the source on every start,
-    the checkpoint only when the working copy has none (so retrained weights survive restarts)."""
-    if not (source / "configs" / "inference.json").is_file():
-        raise FileNotFoundError(f"{source} is not a TokenSeg bundle (no configs/inference.json).")
-    (working_copy / "models").mkdir(parents=True, exist_ok=True)
-    for part in ("configs", "docs"):
-        shutil.copytree(source / part, working_copy / part, dirs_exist_ok=True)
-    shutil.copy2(source / "LICENSE", working_copy / "LICENSE")
-    checkpoint = working_copy / "models" / "model.pt"
-    if not checkpoint.exists() and (source / "models" / "model.pt").exists():
-        shutil.copy2(source / "models" / "model.pt", checkpoint)
-    return working_copy
-
-
 class TokenSegApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         models = conf.get("models", MODEL)
@@ -102,7 +88,8 @@ class TokenSegApp(MONAILabelApp):
             raise ValueError(f"this app serves the '{MODEL}' model only; got --conf models {models}.")
         source = Path(conf.get("bundle", Path(app_dir).resolve().parent / "bundle"))
         model_dir = Path(conf.get("model_dir", Path(app_dir) / "model"))
-        self.bundle_dir = str(prepare_bundle(source, model_dir / MODEL))
+        self.task = prepare_task(source, model_dir / MODEL, conf, studies)
+        self.bundle_dir = str(self.task.bundle)
         self.train_defaults: dict[str, Any] = {
             "max_epochs": int(conf.get("epochs", 10)),
             "val_split": float(conf.get("val_split", 0.2)),
@@ -127,6 +114,7 @@ class TokenSegApp(MONAILabelApp):
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            label_values=self.task.spec["labels"].values(),
         )
 
     def _init_dicomweb(self) -> Datastore:
@@ -148,27 +136,20 @@ class TokenSegApp(MONAILabelApp):
             search_filter,
             cache_path=cache or None,
             fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
-            num_phases=self._in_channels(),
+            num_phases=self.task.spec["in_channels"],
         )
 
-    def _in_channels(self) -> int:
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser()
-        parser.read_config(str(Path(self.bundle_dir) / "configs" / "inference.json"))
-        return int(parser.get_parsed_content("in_channels"))
+    def _model_task(self) -> InferTask:
+        if self.task.checkpoint.exists():
+            return TrainedModel(self.bundle_dir, self.conf, self.task.start_weights)
+        description = f"TokenSeg for {', '.join(self.task.spec['labels'])} (not trained yet)"
+        return UntrainedModel(self.task.spec["labels"], description, self.task.start_weights)
 
     def init_infers(self) -> dict[str, InferTask]:
-        task = BundleInferTask(self.bundle_dir, self.conf)
-        if not task.is_valid():
-            raise RuntimeError(f"{self.bundle_dir} cannot serve inference: no models/model.pt (train the bundle first).")
-        # the mask must go back to the image's own grid, or a DICOM SEG made from it is silently wrong
-        if not isinstance(task.post_transforms()[-1], Restored):
-            raise RuntimeError("the inference post-transforms must end with Restored(keys='pred', ref_image='image').")
-        return {MODEL: task}
+        return {MODEL: self._model_task()}
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        return {MODEL: TokenSegTrainTask(self.bundle_dir, self.conf, self.train_defaults)}
+        return {MODEL: TokenSegTrainTask(self.bundle_dir, self.conf, self.train_defaults, self.task.pretrained_path)}
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {
@@ -180,17 +161,28 @@ class TokenSegApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         return {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_dir, self.train_defaults["device"])}
 
+    def _current_model(self) -> InferTask:
+        """The served model; the bundle task replaces the untrained one once training has written a checkpoint."""
+        if isinstance(self._infers.get(MODEL), UntrainedModel) and self.task.checkpoint.exists():
+            self._infers[MODEL] = self._model_task()
+        return self._infers[MODEL]
+
     def infer(self, request, datastore=None):
         image = request.get("image")
-        if isinstance(image, str) and "session" not in request and not _is_upload(image):
+        if request.get("model") == MODEL and isinstance(image, str) and "session" not in request:
             store = datastore or self.datastore()
-            if not isinstance(store, PhaseStackDICOMwebDatastore) and image in store.list_images():
-                return super().infer(request, datastore)  # a stored image, whatever characters its name has
-            check_image_id(image)
             if isinstance(store, PhaseStackDICOMwebDatastore):
+                check_image_id(image)
                 store.phases_of(image)  # any phase series of a study with all its phases (404/400 otherwise)
-            elif image not in store.list_images():
+            elif image in store.list_images():  # a stored image, whatever characters its name has
+                check_image(image, store.get_image_uri(image), self.task.spec["in_channels"])
+            elif _is_upload(image):
+                check_image("uploaded image", image, self.task.spec["in_channels"])
+            else:
+                check_image_id(image)
                 raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore.")
+        if request.get("model") == MODEL:
+            self._current_model()
         return super().infer(request, datastore)
 
     def check_train_request(self, model: str) -> None:
@@ -202,15 +194,35 @@ class TokenSegApp(MONAILabelApp):
                 status_code=400, detail="no final labels yet: save at least one label before training."
             )
 
+    def check_batch_infer_request(self, model: str, params: Optional[dict]) -> None:
+        """HTTP 4xx, before the batch process starts: an unknown or untrained model, or masks aimed at final labels."""
+        if model not in self._infers:
+            raise HTTPException(status_code=404, detail=f"no model {model!r}; this app serves {MODEL!r}.")
+        if isinstance(self._current_model(), UntrainedModel):
+            raise HTTPException(status_code=409, detail=NO_MODEL.format(model=model))
+        tag = (params or {}).get("label_tag", DefaultLabelTag.ORIGINAL)
+        if tag == DefaultLabelTag.FINAL:
+            raise HTTPException(
+                status_code=400, detail="batch inference does not write final labels: use label_tag 'original'."
+            )
+        check_image_id(str(tag), "label tag")
+
     def server_mode(self, mode: bool) -> None:
         super().server_mode(mode)
         if mode:
-            self._install_train_check()
+            self._install_request_checks()
 
-    def _install_train_check(self) -> None:
-        """Put ``check_train_request`` in front of MONAI Label's ``POST /train/{model}``, which would
-        otherwise accept the request and fail later in its background process."""
+    def _install_request_checks(self) -> None:
+        """Answer bad training and batch-inference requests with a 4xx.
+
+        MONAI Label (0.8.5) starts both in a background process (``AsyncTask``)
+        and offers no hook in the server process before it does: a check in
+        the task itself could only fail later, in the background, while the
+        client has already been told 200. So a route in front of each stock
+        route checks the request, then hands it to MONAI Label's own function.
+        """
         from monailabel.app import app as server
+        from monailabel.endpoints.batch_infer import run as run_batch
         from monailabel.endpoints.train import run_model
 
         async def train_model(
@@ -223,11 +235,28 @@ class TokenSegApp(MONAILabelApp):
             self.check_train_request(model)
             return run_model(model, params, run_sync, enqueue)
 
-        route = APIRoute("/train/{model}", train_model, methods=["POST"], summary="Run Training Task for a model")
-        server.router.routes.insert(0, route)
+        async def batch_infer(
+            model: str,
+            images: Optional[BatchInferImageType] = BatchInferImageType.IMAGES_ALL,
+            params: Optional[dict] = None,
+            run_sync: Optional[bool] = False,
+            user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+        ):
+            self.check_batch_infer_request(model, params)
+            return run_batch(model, images, params, run_sync)
+
+        for path, endpoint, summary in (
+            ("/train/{model}", train_model, "Run Training Task for a model"),
+            ("/batch/infer/{model}", batch_infer, "Run Batch Inference Task"),
+        ):
+            server.router.routes.insert(0, APIRoute(path, endpoint, methods=["POST"], summary=summary))
 
 
 def _is_upload(image: str) -> bool:
-    """A file the infer endpoint itself stored from an upload (a NamedTemporaryFile in the temp folder)."""
+    """A file the infer endpoint itself stored from an upload (a NamedTemporaryFile in the temp folder).
+
+    MONAI Label hands an uploaded image to ``infer`` as that file's path in ``image``, the same field
+    that carries a datastore id, and marks it no other way: the temp folder and name are the only sign.
+    """
     path = Path(image)
     return path.is_file() and path.parent == Path(tempfile.gettempdir()) and path.name.startswith("tmp")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -10,6 +11,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
 
 from tokenseg.orthanc import stop_process_group
 
@@ -32,9 +37,11 @@ class MonaiLabelServer:
     """``python -m monailabel.main start_server`` in its own process group; stopped (and its port freed) on exit."""
 
     def __init__(self, studies: Path | str, model_dir: Path, log: Path, epochs: int = 1, val_split: float = 0.5,
-                 env: dict[str, str] | None = None):
-        """``studies``: a folder, or a DICOMweb URL; ``env``: extra environment variables for the server."""
+                 env: dict[str, str] | None = None, conf: dict[str, str] | None = None):
+        """``studies``: a folder, or a DICOMweb URL; ``env``: extra environment variables for the server;
+        ``conf``: further ``--conf`` options of the app."""
         self.studies, self.model_dir, self.log, self.env = studies, model_dir, log, env or {}
+        self.conf = conf or {}
         self.epochs, self.val_split = epochs, val_split
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -47,6 +54,8 @@ class MonaiLabelServer:
             "--conf", "epochs", str(self.epochs), "--conf", "val_split", str(self.val_split),
             "--host", "127.0.0.1", "--port", str(self.port),
         ]
+        for name, value in self.conf.items():
+            cmd += ["--conf", name, value]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = subprocess.Popen(
             cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -83,6 +92,24 @@ class MonaiLabelServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def client_for(server: MonaiLabelServer, tmp_path: Path) -> MONAILabelClient:
+    """MONAI Label's Python client, with its own temp folder (the server shares this machine)."""
+    tmpdir = tmp_path / "client"
+    tmpdir.mkdir(exist_ok=True)
+    return MONAILabelClient(server.url, tmpdir=str(tmpdir))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_rejected(call, status: str, text: str) -> None:
+    """``call`` fails with HTTP ``status`` and a message that contains ``text``."""
+    with pytest.raises(MONAILabelClientException) as caught:
+        call()
+    assert f"Status: {status}" in caught.value.msg and text in caught.value.msg, caught.value.msg
 
 
 def wait_for_training(client, timeout: float = 900) -> dict:

@@ -17,8 +17,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from monailabel.client import MONAILabelClient
-from monailabel.client.client import MONAILabelClientException
 from pydicom.uid import generate_uid
 
 from tokenseg.data.demo import ensure_demo_dataset
@@ -26,7 +24,7 @@ from tokenseg.data.dicom import nifti_to_dicom_study, upload_series
 from tokenseg.orthanc import Orthanc, orthanc_missing
 
 from dicomweb_helpers import orthanc_instances, qido, uid
-from monailabel_helpers import MonaiLabelServer, wait_for_training
+from monailabel_helpers import MonaiLabelServer, assert_rejected, client_for, wait_for_training
 
 CASES = ["breast_000", "breast_001"]
 CHROMIUM = "/usr/bin/chromium"
@@ -63,18 +61,6 @@ def app(orthanc, studies, tmp_path_factory):
     with MonaiLabelServer(orthanc.dicomweb, folder / "model", folder / "server.log", env=env) as server:
         server.folder = folder
         yield server
-
-
-def client_for(server: MonaiLabelServer, tmp_path: Path) -> MONAILabelClient:
-    tmpdir = tmp_path / "client"  # the client's own temp folder: the server shares this machine
-    tmpdir.mkdir(exist_ok=True)
-    return MONAILabelClient(server.url, tmpdir=str(tmpdir))
-
-
-def assert_rejected(call, status: str, text: str) -> None:
-    with pytest.raises(MONAILabelClientException) as caught:
-        call()
-    assert f"Status: {status}" in caught.value.msg and text in caught.value.msg, caught.value.msg
 
 
 def seg_series(orthanc: Orthanc) -> dict[str, str]:

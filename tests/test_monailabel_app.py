@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -12,12 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monailabel.client import MONAILabelClient
-from monailabel.client.client import MONAILabelClientException
 
 from tokenseg.data.demo import ensure_demo_dataset
 
-from monailabel_helpers import MonaiLabelServer, port_is_free, wait_for_training
+from monailabel_helpers import MonaiLabelServer, assert_rejected, client_for, port_is_free, sha, wait_for_training
 
 CASES = ["breast_000", "breast_001", "breast_002", "breast_003"]
 
@@ -34,22 +31,6 @@ def studies(demo, tmp_path) -> Path:
     for case in CASES:
         shutil.copy(demo / "imagesTr" / f"{case}.nii.gz", folder)
     return folder
-
-
-def client_for(server: MonaiLabelServer, tmp_path: Path) -> MONAILabelClient:
-    tmpdir = tmp_path / "client"  # the client's own temp folder: the server shares this machine
-    tmpdir.mkdir(exist_ok=True)
-    return MONAILabelClient(server.url, tmpdir=str(tmpdir))
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_rejected(call, status: str, text: str) -> None:
-    with pytest.raises(MONAILabelClientException) as caught:
-        call()
-    assert f"Status: {status}" in caught.value.msg and text in caught.value.msg, caught.value.msg
 
 
 def assert_mask_in_image_space(mask: str, image: Path) -> None:

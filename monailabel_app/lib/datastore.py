@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import HTTPException
 from monailabel.datastore.local import LocalDatastore
 
-from tokenseg.data.checks import check_image_label_pair, read_image_info
+from tokenseg.data.checks import check_image_label_pair, check_label_values, read_image_info
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,17 @@ def check_image_id(image_id: str, what: str = "image id") -> None:
 
 
 class CheckedDatastore(LocalDatastore):
-    """``LocalDatastore`` that validates every image and label it is asked to store."""
+    """``LocalDatastore`` that validates every image and label it is asked to store.
+
+    Args:
+        label_values: the task's label values (0, the background, is always allowed);
+            a label with any other value is refused.
+        args, kwargs: those of ``LocalDatastore``.
+    """
+
+    def __init__(self, *args, label_values: Iterable[int], **kwargs) -> None:
+        self.label_values = {0, *(int(v) for v in label_values)}
+        super().__init__(*args, **kwargs)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         image_id = image_id or self._to_id(os.path.basename(image_filename))[0]
@@ -54,6 +65,7 @@ class CheckedDatastore(LocalDatastore):
             raise HTTPException(status_code=404, detail=f"image {image_id!r} not found; no label saved.")
         try:
             check_image_label_pair(self.get_image_uri(image_id), label_filename)
+            check_label_values(label_filename, self.label_values)
         except (ValueError, FileNotFoundError) as error:
             raise HTTPException(
                 status_code=400, detail=f"label for image {image_id!r} rejected, the stored label is kept: {error}"

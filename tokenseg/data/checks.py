@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["ImageInfo", "read_image_info", "check_image_label_pair"]
+__all__ = ["ImageInfo", "read_image_info", "check_image_label_pair", "check_label_values"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -84,4 +84,14 @@ def check_image_label_pair(image: str | os.PathLike, label: str | os.PathLike) -
     if not np.allclose(image_info.spacing, label_info.spacing, rtol=1e-3):
         raise ValueError(
             f"label {label} has spacing {label_info.spacing}, but its image {image} has {image_info.spacing}."
+        )
+
+
+def check_label_values(label: str | os.PathLike, allowed: set[int]) -> None:
+    """Raise ValueError naming the file when the label holds values outside ``allowed`` (reads the voxels)."""
+    values = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(label))))
+    unexpected = sorted(v.item() for v in values if v not in allowed or v != int(v))
+    if unexpected:
+        raise ValueError(
+            f"label {label} has values {unexpected[:10]} outside this task's labels {sorted(allowed)} (0 is background)."
         )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import torch
 
-__all__ = ["single_lesion_volume"]
+__all__ = ["single_lesion_volume", "write_blob_cases"]
 
 
 def single_lesion_volume(
@@ -29,3 +33,41 @@ def single_lesion_volume(
     phases = [label * (c + 1) / in_channels for c in range(in_channels)]
     image = torch.cat(phases, dim=1) + noise * torch.randn((1, in_channels, *size), generator=generator)
     return image, label
+
+
+def write_blob_cases(
+    folder: str | os.PathLike,
+    num_cases: int,
+    num_labels: int = 1,
+    size: Sequence[int] = (48, 48, 24),
+    spacing: Sequence[float] = (1.0, 1.0, 2.5),
+    noise: float = 0.3,
+    seed: int = 0,
+) -> list[tuple[Path, Path]]:
+    """Write single-channel NIfTI cases with ``num_labels`` blob structures, and their labels.
+
+    Each case is ``<folder>/case_NNN.nii.gz`` (float32, anisotropic ``spacing``,
+    an oblique-free affine with a non-zero origin) and its label
+    ``<folder>/labels/case_NNN.nii.gz`` (uint8, values 0..num_labels): structure
+    ``k`` is an ellipsoid ``k`` units brighter than the noisy background, so
+    structures are told apart by intensity. Returns ``[(image, label), ...]``.
+    """
+    folder = Path(folder)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = (-20.0, 10.0, 5.0)
+    cases = []
+    for index in range(num_cases):
+        generator = torch.Generator().manual_seed(seed * 1000 + index)
+        label = torch.zeros(tuple(size), dtype=torch.uint8)
+        for value in range(1, num_labels + 1):
+            _, blob = single_lesion_volume(size, noise=0.0, seed=seed * 1000 + 100 * value + index)
+            centre_shift = [int(s * (0.5 * value - 0.25 * (num_labels + 1))) for s in size[:1]] + [0, 0]
+            blob = torch.roll(blob[0, 0] > 0, shifts=centre_shift, dims=(0, 1, 2)) if num_labels > 1 else blob[0, 0] > 0
+            label[blob & (label == 0)] = value
+        image = label.float() + noise * torch.randn(tuple(size), generator=generator)
+        image_path, label_path = folder / f"case_{index:03d}.nii.gz", folder / "labels" / f"case_{index:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image.numpy().astype(np.float32), affine), image_path)
+        nib.save(nib.Nifti1Image(label.numpy(), affine), label_path)
+        cases.append((image_path, label_path))
+    return cases

@@ -1,0 +1,164 @@
+"""A new annotation task from zero, through the real MONAI Label server and its Python client.
+
+Generated single-channel images (not the demo's 3-phase ones), an app started
+with ``--conf labels`` and ``--conf in_channels 1`` and no checkpoint: the
+model is listed but refuses inference until final labels are saved and it is
+trained from scratch; then its masks come back in each image's own space.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+from tokenseg.data.synthetic import write_blob_cases
+
+from monailabel_helpers import MonaiLabelServer, assert_rejected, client_for, sha, wait_for_training
+
+EPOCHS = 60  # from scratch, on one training image: enough for the blobs to be found
+
+
+def make_studies(tmp_path: Path, num_labels: int, num_cases: int = 4) -> tuple[Path, list[tuple[Path, Path]]]:
+    cases = write_blob_cases(tmp_path / "data", num_cases, num_labels=num_labels, seed=num_labels)
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for image, _ in cases:
+        shutil.copy(image, studies)
+    return studies, cases
+
+
+def task_conf(labels: dict[str, int]) -> dict[str, str]:
+    return {"labels": json.dumps(labels), "in_channels": "1"}
+
+
+def dice(mask: np.ndarray, label: np.ndarray, value: int) -> float:
+    a, b = mask == value, label == value
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def infer_mask(client, image_id: str, image: Path) -> np.ndarray:
+    """The mask of ``image_id`` from ``/infer``, checked to lie in the image's own space."""
+    path, _ = client.infer("tokenseg", image_id, {})
+    mask, source = nib.load(path), nib.load(image)
+    assert mask.shape == source.shape
+    np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)
+    return np.asarray(mask.dataobj)
+
+
+def batch_infer(server: MonaiLabelServer, images: str, params: dict) -> requests.Response:
+    """MONAI Label's ``POST /batch/infer/{model}``, run synchronously (the client has no call for it)."""
+    return requests.post(
+        f"{server.url}/batch/infer/tokenseg", params={"images": images, "run_sync": "true"}, json=params, timeout=600
+    )
+
+
+def train_and_watch(client, epochs: int) -> tuple[dict, list[int]]:
+    """Train; returns the final status and the epochs ``/info`` ``train_stats`` showed while it ran."""
+    client.train_start("tokenseg", {"max_epochs": epochs})
+    seen = []
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        stats = client.info()["train_stats"]["tokenseg"]
+        seen.append(stats.get("epoch", 0))
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return status, seen
+        time.sleep(1)
+    raise TimeoutError(client.train_status())
+
+
+@pytest.mark.parametrize("labels", [{"tumour": 1}, {"tumour": 1, "cyst": 2}], ids=["one_label", "two_labels"])
+def test_task_from_zero(labels, tmp_path):
+    studies, cases = make_studies(tmp_path, len(labels))
+    ids = [image.name.removesuffix(".nii.gz") for image, _ in cases]
+    model_dir = tmp_path / "model"
+    with MonaiLabelServer(studies, model_dir, tmp_path / "server.log", conf=task_conf(labels)) as server:
+        client = client_for(server, tmp_path)
+        info = client.info()
+        model = info["models"]["tokenseg"]
+        assert model["labels"] == labels and model["trained"] is False, model
+        assert "from scratch" in model["pretrained"], model
+        assert info["labels"] == list(labels)
+        assert info["train_stats"]["tokenseg"] == {}
+        assert_rejected(lambda: client.infer("tokenseg", ids[0], {}), "409", "no trained model for this task yet")
+        response = batch_infer(server, "all", {"device": "cpu"})
+        assert response.status_code == 409 and "no trained model" in response.json()["detail"], response.text
+
+        for (_, label), image_id in zip(cases[:2], ids[:2]):
+            client.save_label(image_id, str(label), tag="final")
+        status, seen = train_and_watch(client, EPOCHS)
+        assert status["status"] == "DONE", status
+        stats = client.info()["train_stats"]["tokenseg"]
+        assert stats["epoch"] == stats["total_epochs"] == EPOCHS and stats["total_time"], stats
+        assert stats["best_metric"] > 0, stats
+        assert len(set(seen)) > 2, seen  # the progress moved while training ran
+
+        model = client.info()["models"]["tokenseg"]
+        assert model["trained"] is True and model["labels"] == labels
+        split = json.loads((model_dir / "tokenseg" / "validation_split.json").read_text())
+        assert sorted(split.values()) == ["training", "validation"], split
+        trained_on = next(i for i, ((image, _), name) in enumerate(zip(cases, ids)) if split[str(studies / image.name)] == "training")
+        mask = infer_mask(client, ids[trained_on], cases[trained_on][0])
+        truth = np.asarray(nib.load(cases[trained_on][1]).dataobj)
+        assert set(np.unique(mask).tolist()) == {0, *labels.values()}
+        for value in labels.values():
+            assert dice(mask, truth, value) > 0.5, (value, dice(mask, truth, value))
+
+        # batch inference writes masks of the unlabelled images as "original" labels; final labels are untouched
+        finals = {p: sha(p) for p in (studies / "labels" / "final").glob("*.nii.gz")}
+        response = batch_infer(server, "unlabeled", {"device": "cpu", "label_tag": "original", "max_workers": 1})
+        assert response.status_code == 200, response.text
+        for image_id, (image, _) in zip(ids[2:], cases[2:]):
+            original = studies / "labels" / "original" / image.name
+            assert nib.load(original).shape == nib.load(image).shape
+            assert set(np.unique(np.asarray(nib.load(original).dataobj)).tolist()) <= {0, *labels.values()}
+        assert {p: sha(p) for p in finals} == finals
+        response = batch_infer(server, "all", {"device": "cpu", "label_tag": "final"})
+        assert response.status_code == 400 and "final" in response.json()["detail"], response.text
+
+        # a new label joins; the validation cases stay the same across the retraining
+        client.save_label(ids[2], str(cases[2][1]), tag="final")
+        client.train_start("tokenseg", {"max_epochs": 1})
+        assert wait_for_training(client)["status"] == "DONE"
+        again = json.loads((model_dir / "tokenseg" / "validation_split.json").read_text())
+        assert {k: v for k, v in again.items() if k in split} == split and len(again) == 3, again
+
+
+def test_bad_requests_name_the_image_and_the_problem(tmp_path):
+    studies, cases = make_studies(tmp_path, 1, num_cases=2)
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((48, 48, 24, 3), np.float32), affine), studies / "three_channels.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((48, 48), np.float32), np.eye(4)), studies / "flat.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((48, 48, 2), np.float32), affine), studies / "thin.nii.gz")
+    (studies / "corrupt.nii.gz").write_bytes(b"\x1f\x8b" + b"not gzip at all" * 10)
+    bad_values = tmp_path / "bad_values.nii.gz"
+    label = np.asarray(nib.load(cases[0][1]).dataobj).copy()
+    label[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(label, nib.load(cases[0][1]).affine), bad_values)
+
+    with MonaiLabelServer(studies, tmp_path / "model", tmp_path / "server.log", conf=task_conf({"tumour": 1})) as server:
+        client = client_for(server, tmp_path)
+        client.save_label("case_000", str(cases[0][1]), tag="final")
+        stored = {p: sha(p) for p in studies.rglob("*.nii.gz")}
+
+        assert_rejected(lambda: client.infer("tokenseg", "three_channels", {}), "400",
+                        "image 'three_channels' has 3 channel(s); this task's model takes 1")
+        assert_rejected(lambda: client.infer("tokenseg", "flat", {}), "400", "expected a 3D image")
+        assert_rejected(lambda: client.infer("tokenseg", "thin", {}), "400", "image 'thin' is too small")
+        assert_rejected(lambda: client.infer("tokenseg", "corrupt", {}), "400", "image 'corrupt'")
+        assert_rejected(lambda: client.infer("tokenseg", "case_001", {}), "409", "no trained model")
+        assert_rejected(lambda: client.save_label("case_000", str(bad_values), tag="final"), "400",
+                        "has values [7] outside this task's labels [0, 1]")
+        for image in ("three_channels", "flat"):  # an upload gets the same checks
+            assert_rejected(lambda: client.infer("tokenseg", str(studies / f"{image}.nii.gz"), {}, file=str(studies / f"{image}.nii.gz")),
+                            "400", "uploaded image")
+
+        assert {p: sha(p) for p in stored} == stored
+        assert "Internal Server Error" not in (tmp_path / "server.log").read_text()
