@@ -167,6 +167,10 @@ class TokenSegApp(MONAILabelApp):
             self._infers[MODEL] = self._model_task()
         return self._infers[MODEL]
 
+    def info(self):
+        self._current_model()
+        return super().info()
+
     def infer(self, request, datastore=None):
         image = request.get("image")
         if request.get("model") == MODEL and isinstance(image, str) and "session" not in request:
@@ -184,6 +188,11 @@ class TokenSegApp(MONAILabelApp):
         if request.get("model") == MODEL:
             self._current_model()
         return super().infer(request, datastore)
+
+    def batch_infer(self, request, datastore=None):
+        if torch.cuda.device_count() < 2:  # MONAI Label 0.8.5 spreads images over "all" GPUs: a division by 0 without
+            request = {**request, "multi_gpu": False}
+        return super().batch_infer(request, datastore)
 
     def check_train_request(self, model: str) -> None:
         """HTTP 4xx, before any training process starts, for what cannot train."""
