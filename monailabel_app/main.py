@@ -3,19 +3,17 @@
     python -m monailabel.main start_server --app monailabel_app --studies <folder> \
         --conf models tokenseg --host 127.0.0.1 --port 8000
 
-``--conf`` options (all optional):
+``--conf`` options (all optional; README.md has them all, with a new task from zero step by step):
 
-- ``models``: ``tokenseg`` (the only model this app serves).
-- ``bundle``: the bundle to serve (default: ``bundle/`` beside this app).
-- ``model_dir``: where the app keeps its working copy of the bundle, whose
-  ``models/model.pt`` retraining replaces (default: ``model/`` in this app).
-  The shipped bundle itself is never written.
-- ``epochs`` (10), ``val_split`` (0.2), ``val_interval`` (1), ``device`` (``cuda`` when available, else
-  ``cpu``), ``multi_gpu`` (``true``: ``torchrun`` over the visible GPUs),
-  ``tracking`` (``none`` or ``mlflow``): defaults of a training request.
+- the task: ``labels`` (names to values, ``'{"tumour": 1}'``), ``in_channels``, ``spacing``,
+  ``patch_size``, ``use_pretrained_model`` (default: the bundle's own task and weights);
+- ``bundle`` (the bundle the task starts from) and ``model_dir`` (where the task's working
+  bundle and its retrained ``models/model.pt`` live; ``bundle/`` itself is never written);
+- defaults of a training request: ``epochs`` (10), ``val_split`` (0.2), ``val_interval`` (1),
+  ``device``, ``multi_gpu``, ``tracking``.
 
 With ``--studies http://HOST:PORT/dicom-web`` (a PACS, or the local Orthanc of
-``python -m tokenseg.orthanc``) images come from DICOMweb: each study holds one
+``python tools/orthanc.py``) images come from DICOMweb: each study holds one
 MR series per contrast phase, stacked as the model's channels, and final labels
 go back as DICOM SEG (``lib/dicomweb.py``). The series filter is MR here
 (MONAI Label's default, ``{"Modality": "CT"}``, is replaced by it); any other

@@ -16,7 +16,7 @@ import pytest
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from tokenseg.orthanc import stop_process_group
+from tools.orthanc import stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "monailabel_app"

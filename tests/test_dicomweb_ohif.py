@@ -1,6 +1,6 @@
 """The TokenSeg app against a real DICOMweb server (Orthanc) and the OHIF viewer MONAI Label ships, offline.
 
-Orthanc runs on 127.0.0.1 in its own temp folder (``tokenseg.orthanc``), the
+Orthanc runs on 127.0.0.1 in its own temp folder (``tools/orthanc.py``), the
 demo cases go in as MR studies (one series per contrast phase), the real
 MONAI Label server reads them through DICOMweb, and headless Chromium opens
 OHIF. Skipped only when the Debian packages (orthanc, orthanc-dicomweb,
@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from tokenseg.data.demo import ensure_demo_dataset
 from tokenseg.data.dicom import nifti_to_dicom_study, upload_series
-from tokenseg.orthanc import Orthanc, orthanc_missing
+from tools.orthanc import Orthanc, orthanc_missing
 
 from dicomweb_helpers import orthanc_instances, qido, uid
 from monailabel_helpers import MonaiLabelServer, assert_rejected, client_for, wait_for_training

@@ -130,27 +130,33 @@ def _check_sizes(name: str, values: Sequence, kind: type) -> list:
 
 
 def _metadata_for(metadata: dict, task: TaskSpec, channel_names: Sequence[str] | None, same_task: bool) -> dict:
+    """``metadata`` with the task's channels, labels and patch (``network_data_format`` and the class texts)."""
     metadata = json.loads(json.dumps(metadata))
     fmt = metadata["network_data_format"]
-    (image_key, image), (pred_key, pred) = next(iter(fmt["inputs"].items())), next(iter(fmt["outputs"].items()))
-    old_channels = image.get("channel_def", {})
-    if channel_names is None:
-        same = image.get("num_channels") == task["in_channels"]
-        channel_names = [old_channels.get(str(c), f"channel {c}") if same else f"channel {c}" for c in range(task["in_channels"])]
-    image.update(
-        num_channels=task["in_channels"],
-        spatial_shape=task["patch_size"],
-        channel_def={str(c): name for c, name in enumerate(channel_names)},
-    )
+    image, pred = next(iter(fmt["inputs"].values())), next(iter(fmt["outputs"].values()))
+    if channel_names is None:  # keep the source's names when the channels are the same
+        known = image.get("channel_def", {}) if image.get("num_channels") == task["in_channels"] else {}
+        channel_names = [known.get(str(c), f"channel {c}") for c in range(task["in_channels"])]
     names = task.class_names
-    pred.update(num_channels=len(names), spatial_shape=task["patch_size"], channel_def={str(v): n for v, n in enumerate(names)})
+    image.update(num_channels=task["in_channels"], spatial_shape=task["patch_size"],
+                 channel_def={str(c): name for c, name in enumerate(channel_names)})
+    pred.update(num_channels=len(names), spatial_shape=task["patch_size"],
+                channel_def={str(v): name for v, name in enumerate(names)})
     if not same_task:
         metadata.pop("eval_metrics", None)  # the source's results are not this task's
     metadata["image_classes"] = f"{task['in_channels']} channel(s): " + ", ".join(channel_names)
     metadata["label_classes"] = "single channel, " + ", ".join(f"{v} is {n}" for v, n in enumerate(names))
-    metadata["pred_classes"] = f"{len(names)} channels one-hot: " + ", ".join(f"channel {v} {n}" for v, n in enumerate(names))
-    fmt["inputs"], fmt["outputs"] = {image_key: image}, {pred_key: pred}
+    metadata["pred_classes"] = f"{len(names)} channels one-hot: " + ", ".join(f"{v} {n}" for v, n in enumerate(names))
     return metadata
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Replace ``path`` atomically, and only when its text changes: a process may be reading it."""
+    if path.is_file() and path.read_text() == text:
+        return
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def write_task_bundle(
@@ -204,17 +210,19 @@ def write_task_bundle(
         if path.name == METADATA:
             same_task = all(task[k] == source_task[k] for k in ("labels", "in_channels"))
             metadata = _metadata_for(json.loads(path.read_text()), task, channel_names, same_task)
-            target.write_text(json.dumps(metadata, indent=4) + "\n")
+            _write_if_changed(target, json.dumps(metadata, indent=4) + "\n")
         elif path.suffix == ".json" and path.name != "meta_schema.json":
             config = json.loads(path.read_text())
             config.update({k: v for k, v in values.items() if k in config})
-            target.write_text(json.dumps(config, indent=4) + "\n")
+            _write_if_changed(target, json.dumps(config, indent=4) + "\n")
         else:
-            shutil.copy2(path, target)
+            _write_if_changed(target, path.read_text())
     checkpoint, source_checkpoint = out / "models" / "model.pt", source / "models" / "model.pt"
     if copy_weights and not checkpoint.exists() and source_checkpoint.is_file():
         if pretrained_state(source_checkpoint, out)[1]:
-            shutil.copy2(source_checkpoint, checkpoint)
+            partial = checkpoint.with_name(f".{checkpoint.name}.{os.getpid()}")
+            shutil.copy2(source_checkpoint, partial)
+            os.replace(partial, checkpoint)  # never a half-copied checkpoint where inference looks
     return task
 
 

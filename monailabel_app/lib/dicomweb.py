@@ -17,7 +17,7 @@ one phase (``tokenseg.data.dicom``), so this subclass:
   is left out of training with an error in the log (nothing in the server is
   changed or deleted);
 - refuses uploads through MONAI Label (``PUT /datastore/``): images belong in
-  the DICOMweb server (``python -m tokenseg.orthanc``, ``tokenseg.data.dicom.upload_series``).
+  the DICOMweb server (``python tools/orthanc.py``, ``tokenseg.data.dicom.upload_series``).
 """
 
 from __future__ import annotations

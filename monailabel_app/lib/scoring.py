@@ -73,7 +73,11 @@ class BoundaryTokenEntropyScoring(ScoringMethod):
         todo = [i for i in unlabeled if datastore.get_image_info(i).get(MODEL_TS_KEY) != model_ts]
         scorer = BundleScorer(self.bundle_path, device) if todo else None
         for image_id in todo:
-            score = scorer(datastore.get_image_uri(image_id))
+            try:
+                score = scorer(datastore.get_image_uri(image_id))
+            except (ValueError, RuntimeError) as error:  # an image the model cannot take (MONAI wraps transform errors)
+                logger.warning(f"{SCORE_KEY}: {image_id} not scored: {error}")
+                continue
             datastore.update_image_info(image_id, {SCORE_KEY: score, MODEL_TS_KEY: model_ts})
             logger.info(f"{SCORE_KEY}: {image_id} => {score:.5f}")
         summary = {

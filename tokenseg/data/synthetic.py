@@ -42,6 +42,7 @@ def write_blob_cases(
     size: Sequence[int] = (48, 48, 24),
     spacing: Sequence[float] = (1.0, 1.0, 2.5),
     noise: float = 0.3,
+    contrast: float = 1.0,
     seed: int = 0,
 ) -> list[tuple[Path, Path]]:
     """Write single-channel NIfTI cases with ``num_labels`` blob structures, and their labels.
@@ -49,8 +50,9 @@ def write_blob_cases(
     Each case is ``<folder>/case_NNN.nii.gz`` (float32, anisotropic ``spacing``,
     an oblique-free affine with a non-zero origin) and its label
     ``<folder>/labels/case_NNN.nii.gz`` (uint8, values 0..num_labels): structure
-    ``k`` is an ellipsoid ``k`` units brighter than the noisy background, so
-    structures are told apart by intensity. Returns ``[(image, label), ...]``.
+    ``k`` is an ellipsoid of intensity ``contrast`` times +1, -1, +2, -2, ... for
+    k = 1, 2, 3, 4, ... over a zero background (Gaussian noise of s.d. ``noise``):
+    each structure differs from the background and from the others. Returns ``[(image, label), ...]``.
     """
     folder = Path(folder)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,8 @@ def write_blob_cases(
             centre_shift = [int(s * (0.5 * value - 0.25 * (num_labels + 1))) for s in size[:1]] + [0, 0]
             blob = torch.roll(blob[0, 0] > 0, shifts=centre_shift, dims=(0, 1, 2)) if num_labels > 1 else blob[0, 0] > 0
             label[blob & (label == 0)] = value
-        image = label.float() + noise * torch.randn(tuple(size), generator=generator)
+        levels = torch.tensor([0.0] + [(-1) ** (k + 1) * ((k + 1) // 2) for k in range(1, num_labels + 1)])
+        image = contrast * levels[label.long()] + noise * torch.randn(tuple(size), generator=generator)
         image_path, label_path = folder / f"case_{index:03d}.nii.gz", folder / "labels" / f"case_{index:03d}.nii.gz"
         nib.save(nib.Nifti1Image(image.numpy().astype(np.float32), affine), image_path)
         nib.save(nib.Nifti1Image(label.numpy(), affine), label_path)

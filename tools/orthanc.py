@@ -1,6 +1,6 @@
 """A private Orthanc DICOMweb server on 127.0.0.1, for the MONAI Label app, OHIF and the tests.
 
-    python -m tokenseg.orthanc serve --dir /tmp/orthanc --port 8042 [--upload-demo N]
+    python tools/orthanc.py serve --dir /tmp/orthanc --port 8042 [--upload-demo N]
 
 starts Orthanc (Debian packages ``orthanc`` and ``orthanc-dicomweb``) with its
 own configuration, storage and index inside ``--dir``, its DICOM port off,
@@ -122,7 +122,7 @@ def serve(folder: Path, port: int) -> int:
     """Run Orthanc in its own network namespace and forward 127.0.0.1:``port`` to it until SIGTERM/SIGINT."""
     reason = orthanc_missing()
     if reason:
-        print(f"tokenseg.orthanc: {reason}", file=sys.stderr)
+        print(f"orthanc.py: {reason}", file=sys.stderr)
         return 2
     config = write_config(folder)
     listener = socket.socket()
@@ -152,14 +152,14 @@ def serve(folder: Path, port: int) -> int:
     while orthanc.poll() is None and _net_namespace(orthanc.pid) == own and time.time() < deadline:
         time.sleep(0.02)
     if orthanc.poll() is not None or _net_namespace(orthanc.pid) == own:
-        print(f"tokenseg.orthanc: Orthanc did not start in its own namespace; see {folder / 'orthanc.log'}", file=sys.stderr)
+        print(f"orthanc.py: Orthanc did not start in its own namespace; see {folder / 'orthanc.log'}", file=sys.stderr)
         stop()
     # from here on, sockets this process creates live in Orthanc's namespace; the listener stays on the host
     with open(f"/proc/{orthanc.pid}/ns/net") as namespace:
         if ctypes.CDLL(None, use_errno=True).setns(namespace.fileno(), CLONE_NEWNET) != 0:
-            print(f"tokenseg.orthanc: setns failed (errno {ctypes.get_errno()})", file=sys.stderr)
+            print(f"orthanc.py: setns failed (errno {ctypes.get_errno()})", file=sys.stderr)
             stop()
-    print(f"tokenseg.orthanc: serving http://127.0.0.1:{port}/dicom-web (data in {folder})", flush=True)
+    print(f"orthanc.py: serving http://127.0.0.1:{port}/dicom-web (data in {folder})", flush=True)
     threading.Thread(target=lambda: (orthanc.wait(), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
     while True:
         try:
@@ -192,7 +192,7 @@ def stop_process_group(process: subprocess.Popen, term_wait: float = 20, kill_wa
             continue
 
 class Orthanc:
-    """``python -m tokenseg.orthanc serve`` in its own process group; ``with Orthanc(folder) as o: o.dicomweb``."""
+    """``python tools/orthanc.py serve`` in its own process group; ``with Orthanc(folder) as o: o.dicomweb``."""
 
     def __init__(self, folder: str | os.PathLike, port: int | None = None) -> None:
         self.folder = Path(folder)
@@ -204,7 +204,7 @@ class Orthanc:
     def start(self, timeout: float = 60) -> Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tokenseg.orthanc", "serve", "--dir", str(self.folder), "--port", str(self.port)],
+            [sys.executable, __file__, "serve", "--dir", str(self.folder), "--port", str(self.port)],
             stdout=open(self.folder / "serve.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.time() + timeout
@@ -239,7 +239,7 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokenseg.orthanc", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/orthanc.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("serve", help="run Orthanc on 127.0.0.1 until Ctrl-C")
     run.add_argument("--dir", required=True, type=Path, help="configuration, storage and index go here")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             while not answers(url):
                 time.sleep(0.3)
             for study in upload_demo_cases(ensure_demo_dataset(default_demo_dir()), f"{url}/dicom-web", args.upload_demo):
-                print(f"tokenseg.orthanc: uploaded {study}", flush=True)
+                print(f"orthanc.py: uploaded {study}", flush=True)
 
         threading.Thread(target=upload, daemon=True).start()
     return serve(args.dir.resolve(), args.port)
