@@ -198,13 +198,14 @@ def test_where_training_starts(tmp_path):
     for image, label in cases:
         datastore.save_label(image.name.removesuffix(".nii.gz"), str(label), "final", {})
     defaults = {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False, "tracking": "none"}
-    TokenSegTrainTask(str(partial.bundle), {}, defaults, partial.pretrained_path)({}, datastore)
+    TokenSegTrainTask(str(partial.bundle), {}, defaults, partial.pretrained_path)({"model": "tokenseg"}, datastore)
     trained = torch.load(partial.checkpoint, map_location="cpu", weights_only=True)
     start = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert trained["head.conv.weight"].shape[1] == 3 != start["head.conv.weight"].shape[1]
     for key in ("encoder.0.0.conv.weight", "tokenizer.scorer.0.weight", "decoder.up_blocks.0.fuse.conv.weight"):
-        change = (trained[key] - start[key]).norm() / start[key].norm()
-        assert change < 0.2, (key, change)  # one epoch from the shipped weights, not from a random start
+        # one epoch from the shipped weights keeps their direction (a fresh network's weights: cosine about 0)
+        similarity = torch.nn.functional.cosine_similarity(trained[key].flatten(), start[key].flatten(), dim=0)
+        assert similarity > 0.5, (key, similarity)
 
     # that folder now holds this task's model: another task there is refused, nothing overwritten
     with pytest.raises(RuntimeError, match="holds a model for another task"):
