@@ -24,6 +24,7 @@ Python, so MONAI Label never tries to download it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -229,6 +230,7 @@ class TokenSegApp(MONAILabelApp):
         route checks the request, then hands it to MONAI Label's own function.
         """
         from monailabel.app import app as server
+        from monailabel.endpoints.batch_infer import api_run as stock_batch_infer
         from monailabel.endpoints.batch_infer import run as run_batch
         from monailabel.endpoints.train import run_model
 
@@ -245,7 +247,7 @@ class TokenSegApp(MONAILabelApp):
         async def batch_infer(
             model: str,
             images: Optional[BatchInferImageType] = BatchInferImageType.IMAGES_ALL,
-            params: Optional[dict] = None,
+            params: Optional[dict] = inspect.signature(stock_batch_infer).parameters["params"].default,
             run_sync: Optional[bool] = False,
             user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
         ):

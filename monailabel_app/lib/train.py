@@ -115,7 +115,8 @@ class TokenSegTrainTask(BundleTrainTask):
             "run_id": "run",
             "output_dir": str(self.stats_path.parent),
             "trainer": "@train#trainer",
-            "evaluator": "@validate#evaluator",
+            # without validation images the train metric is the best there is (not the evaluator's -1)
+            "evaluator": "@validate#evaluator" if overrides.get(self.const.key_validate_dataset_data()) else None,
         }
         # attached after the bundle's own handlers, so that each epoch's stats include its validation
         overrides["run"] = ["$@train_stats_publisher.attach(@train#trainer)", *self.bundle_config["run"]]
