@@ -121,7 +121,7 @@ def main() -> None:
         result = {
             "test_dice": metrics["val_mean_dice"],
             "test_iou": metrics["val_mean_iou"],
-            "test_hd95_voxels": metrics["val_hd95"],
+            "test_hd95_mm": metrics["val_hd95"],
             "train_seconds": round(seconds, 1),
         }
         hit_rates = re.findall(r"boundary_hit_rate: ([0-9.]+)", log)

@@ -31,9 +31,10 @@ def bundle_args(bundle: Path, *configs: str) -> list[str]:
     ]
 
 
-def run(cmd: list[str], timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command with the test's Python; its output is returned (and shown when it fails)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run(cmd: list[str], timeout: int = 900, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command with the test's Python (in ``env``, default this one's); its output is returned (and shown
+    when it fails)."""
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")

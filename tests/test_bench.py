@@ -66,7 +66,7 @@ def test_report_only_adds_the_dice_memory_plot_without_measuring(tmp_path):
     scores = {"tokenseg": 0.795, "unet": 0.8}
     accuracy.write_text(json.dumps({
         "dataset": "demo", "patch_size": [32, 32, 32], "epochs": 2, "optimisation_steps": 8, "patches_per_step": 4,
-        "models": {m: {"test_dice": d, "test_iou": d / (2 - d), "test_hd95_voxels": 2.0, "train_seconds": 10.0}
+        "models": {m: {"test_dice": d, "test_iou": d / (2 - d), "test_hd95_mm": 2.0, "train_seconds": 10.0}
                    for m, d in scores.items()},
     }))
     remade = main(["--report-only", "--accuracy", str(accuracy), "--out", str(tmp_path)])

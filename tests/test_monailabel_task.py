@@ -88,7 +88,7 @@ def test_task_from_zero(labels, tmp_path):
         info = client.info()
         model = info["models"]["tokenseg"]
         assert model["labels"] == labels and model["trained"] is False, model
-        assert "from scratch" in model["pretrained"], model
+        assert "from scratch" in model["initial_weights"], model
         assert info["labels"] == list(labels)
         assert info["train_stats"]["tokenseg"] == {}
         assert_rejected(lambda: client.infer("tokenseg", ids[0], {}), "409", "no trained model for this task yet")
@@ -193,7 +193,7 @@ def test_where_training_starts(tmp_path):
 
     partial = prepare_task(BUNDLE, tmp_path / "m4" / "tokenseg", two_labels, str(studies))
     assert partial.pretrained_path == BUNDLE / "models" / "model.pt" and not partial.checkpoint.exists()
-    assert "fine-tunes from the shipped weights" in partial.start_weights
+    assert "shipped weights of" in partial.start_weights and "but the output layer" in partial.start_weights
     datastore = LocalDatastore(str(studies), extensions=["*.nii.gz"], auto_reload=False)
     for image, label in cases:
         datastore.save_label(image.name.removesuffix(".nii.gz"), str(label), "final", {})

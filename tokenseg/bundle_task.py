@@ -211,7 +211,7 @@ def write_task_bundle(
             same_task = all(task[k] == source_task[k] for k in ("labels", "in_channels"))
             metadata = _metadata_for(json.loads(path.read_text()), task, channel_names, same_task)
             _write_if_changed(target, json.dumps(metadata, indent=4) + "\n")
-        elif path.suffix == ".json" and path.name != "meta_schema.json":
+        elif path.suffix == ".json" and not path.name.startswith("meta_schema"):
             config = json.loads(path.read_text())
             config.update({k: v for k, v in values.items() if k in config})
             _write_if_changed(target, json.dumps(config, indent=4) + "\n")

@@ -10,12 +10,15 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
-from monai.handlers import CheckpointSaver
+from ignite.metrics.metric import reinit__is_reduced
+from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
+from monai.handlers import CheckpointSaver, HausdorffDistance
 
 from tokenseg.losses import TokenSegLoss
 from tokenseg.metrics import boundary_hit_rate
 
-__all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver"]
+__all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver", "PhysicalHausdorffDistance"]
 
 
 class TokenSegDiagnostics:
@@ -109,3 +112,27 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler = _ReplacingDiskSaver(self.save_dir, checkpoint.save_handler.filename)
+
+
+class PhysicalHausdorffDistance(HausdorffDistance):
+    """MONAI's ``HausdorffDistance`` handler in millimetres: each case's spacing comes from its label's affine.
+
+    MONAI's handler measures in voxels (it passes no spacing to the metric).
+    Here ``y`` must be MetaTensors (what the bundle's postprocessing gives,
+    inverted to each image's own grid), whose ``pixdim`` is the spacing. Same
+    arguments as ``HausdorffDistance``.
+    """
+
+    @reinit__is_reduced
+    def update(self, output) -> None:
+        y_pred, y = output
+        labels = list(y) if isinstance(y, (list, tuple)) else [y]
+        if not all(isinstance(label, MetaTensor) for label in labels):
+            raise TypeError("PhysicalHausdorffDistance needs labels as MetaTensors, to read their spacing.")
+        affines = []
+        for label in labels:  # a case (C, ...) or a batch (B, C, ...), whose affine may be one (4, 4) for all
+            cases = label.shape[0] if isinstance(y, torch.Tensor) and label.ndim == 5 else 1
+            affine = label.affine
+            affines += list(affine) if affine.ndim == 3 else [affine] * cases
+        spacing = [[float(s) for s in affine_to_spacing(affine, r=3)] for affine in affines]
+        self.metric_fn(y_pred, y, spacing=spacing)

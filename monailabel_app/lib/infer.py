@@ -33,7 +33,7 @@ class UntrainedModel(InferTask):
     Args:
         labels: label names to values.
         description: the model's description.
-        start_weights: how training will start, in words (shown in ``/info`` as ``pretrained``).
+        start_weights: the weights training starts from, in words (``/info``: ``initial_weights``).
     """
 
     def __init__(self, labels: dict[str, int], description: str, start_weights: str) -> None:
@@ -44,14 +44,14 @@ class UntrainedModel(InferTask):
         return True
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "trained": False, "pretrained": self.start_weights}
+        return {**super().info(), "trained": False, "initial_weights": self.start_weights}
 
     def __call__(self, request) -> tuple[Any, dict]:
         raise HTTPException(status_code=409, detail=NO_MODEL.format(model=request.get("model", "tokenseg")))
 
 
 class TrainedModel(BundleInferTask):
-    """MONAI Label's bundle inference, whose ``/info`` says how its training started."""
+    """MONAI Label's bundle inference, whose ``/info`` says which weights its training started from."""
 
     def __init__(self, path: str, conf: dict[str, str], start_weights: str) -> None:
         super().__init__(path, conf)
@@ -61,7 +61,7 @@ class TrainedModel(BundleInferTask):
             raise RuntimeError("the inference post-transforms must end with Restored(keys='pred', ref_image='image').")
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "trained": True, "pretrained": self.start_weights}
+        return {**super().info(), "trained": True, "initial_weights": self.start_weights}
 
 
 def check_image(image_id: str, path: str | Path, in_channels: int) -> None:

@@ -43,7 +43,7 @@ class AppTask:
 
     bundle: Path  # the working bundle
     spec: TaskSpec
-    start_weights: str  # how training starts, in words: for the log and /info
+    start_weights: str  # the weights training starts from, in words: for the log and /info ("initial_weights")
     pretrained_path: Path | None  # a checkpoint to start training from when the task has none yet (partial fit)
 
     @property
@@ -88,21 +88,21 @@ def prepare_task(source: Path, working: Path, conf: dict[str, str], studies: str
 
     source_checkpoint, pretrained_path = source / "models" / "model.pt", None
     if had_checkpoint:
-        start = f"continues from the task's checkpoint {checkpoint}"
+        start = f"the task's own checkpoint {checkpoint}"
     elif checkpoint.exists():
-        start = f"starts from the shipped weights of {source}, which fit this task"
+        start = f"the shipped weights of {source} (they fit this task)"
     elif not use_pretrained:
-        start = "trains from scratch (use_pretrained_model false)"
+        start = "none: from scratch (use_pretrained_model false)"
     elif not source_checkpoint.is_file():
-        start = f"trains from scratch ({source} has no weights)"
+        start = f"none: from scratch ({source} has no weights)"
     elif source_task["in_channels"] != in_channels:
-        start = (f"trains from scratch (the shipped weights take {source_task['in_channels']} channel(s), "
+        start = (f"none: from scratch (the shipped weights take {source_task['in_channels']} channel(s), "
                  f"this task {in_channels})")
     else:
         state, _ = pretrained_state(source_checkpoint, working)
         pretrained_path = source_checkpoint
-        start = (f"fine-tunes from the shipped weights of {source} ({len(state)} tensors fit; the output layer for "
+        start = (f"the shipped weights of {source} but the output layer ({len(state)} tensors fit; the one for "
                  f"{len(labels)} label(s) starts fresh)")
     logger.info(f"TokenSeg task: labels {labels}, {in_channels} channel(s), spacing {spec['pixdim']}, "
-                f"patch {spec['patch_size']}; model {start}")
+                f"patch {spec['patch_size']}; initial weights: {start}")
     return AppTask(working, spec, start, pretrained_path)
