@@ -174,13 +174,13 @@ class TokenSegApp(MONAILabelApp):
         image = request.get("image")
         if request.get("model") == MODEL and isinstance(image, str) and "session" not in request:
             store = datastore or self.datastore()
-            if isinstance(store, PhaseStackDICOMwebDatastore):
+            if _is_upload(image):
+                check_image("uploaded image", image, self.task.spec["in_channels"])
+            elif isinstance(store, PhaseStackDICOMwebDatastore):
                 check_image_id(image)
                 store.phases_of(image)  # any phase series of a study with all its phases (404/400 otherwise)
             elif image in store.list_images():  # a stored image, whatever characters its name has
                 check_image(image, store.get_image_uri(image), self.task.spec["in_channels"])
-            elif _is_upload(image):
-                check_image("uploaded image", image, self.task.spec["in_channels"])
             else:
                 check_image_id(image)
                 raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore.")
