@@ -35,7 +35,8 @@ def run(cmd: list[str], timeout: int = 900, check: bool = True, env: dict | None
     """Run a command with the test's Python (in ``env``, default this one's); its output is returned (and shown
     when it fails)."""
     env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    # utf-8 whatever the locale: ignite's progress bar draws with block characters
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return proc
