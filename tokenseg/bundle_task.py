@@ -35,11 +35,12 @@ import torch
 from tokenseg.data.checks import read_image_info
 from tokenseg.data.datalist import IMAGE_SUFFIXES
 
-__all__ = ["TaskSpec", "parse_labels", "task_from_images", "write_task_bundle", "read_task", "pretrained_state"]
+__all__ = [
+    "TaskSpec", "parse_labels", "task_from_images", "write_task_bundle", "read_task", "pretrained_state", "image_files"
+]
 
 logger = logging.getLogger(__name__)
 
-TASK_KEYS = ("class_names", "in_channels", "pixdim", "patch_size")
 METADATA = "metadata.json"
 SIZE_MULTIPLE = 16  # 2 ** number of TokenSeg levels: every patch axis is a multiple of it
 
@@ -246,8 +247,9 @@ def pretrained_state(checkpoint: str | os.PathLike, bundle: str | os.PathLike) -
     return state, state.keys() == target.keys()
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files (NIfTI, NRRD, MHA, ...) directly in ``folder``, sorted."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -261,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--images", help="a folder of the task's images, to choose spacing and patch from")
     parser.add_argument("--channel_names", nargs="+", help="names of the input channels")
     args = parser.parse_args(argv)
-    images = _image_files(Path(args.images)) if args.images else []
+    images = image_files(args.images) if args.images else []
     try:
         task = write_task_bundle(args.source, args.out, args.labels, args.in_channels, args.pixdim, args.patch_size,
                                  images, args.channel_names)

@@ -119,7 +119,7 @@ class PhysicalHausdorffDistance(HausdorffDistance):
 
     MONAI's handler measures in voxels (it passes no spacing to the metric).
     Here ``y`` must be MetaTensors (what the bundle's postprocessing gives,
-    inverted to each image's own grid), whose ``pixdim`` is the spacing. Same
+    inverted to each image's own grid), whose affine gives the spacing. Same
     arguments as ``HausdorffDistance``.
     """
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from monailabel.utils.others.generic import strtobool
 
-from tokenseg.bundle_task import TaskSpec, parse_labels, pretrained_state, read_task, write_task_bundle
-from tokenseg.data.datalist import IMAGE_SUFFIXES
+from tokenseg.bundle_task import TaskSpec, image_files, parse_labels, read_task, write_task_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +52,9 @@ class AppTask:
 
 def studies_images(studies: str) -> list[Path]:
     """The image files of a studies folder (none for a DICOMweb URL)."""
-    folder = Path(studies)
-    if studies.startswith(("http://", "https://")) or not folder.is_dir():
+    if studies.startswith(("http://", "https://")) or not Path(studies).is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
+    return image_files(studies)
 
 
 def prepare_task(source: Path, working: Path, conf: dict[str, str], studies: str) -> AppTask:
@@ -98,11 +96,9 @@ def prepare_task(source: Path, working: Path, conf: dict[str, str], studies: str
     elif source_task["in_channels"] != in_channels:
         start = (f"none: from scratch (the shipped weights take {source_task['in_channels']} channel(s), "
                  f"this task {in_channels})")
-    else:
-        state, _ = pretrained_state(source_checkpoint, working)
+    else:  # the channels fit but write_task_bundle found the weights do not fit whole: the output layer differs
         pretrained_path = source_checkpoint
-        start = (f"the shipped weights of {source} but the output layer ({len(state)} tensors fit; the one for "
-                 f"{len(labels)} label(s) starts fresh)")
+        start = f"the shipped weights of {source} but the output layer (the one for {len(labels)} label(s) starts fresh)"
     logger.info(f"TokenSeg task: labels {labels}, {in_channels} channel(s), spacing {spec['pixdim']}, "
                 f"patch {spec['patch_size']}; initial weights: {start}")
     return AppTask(working, spec, start, pretrained_path)

@@ -64,8 +64,8 @@ def write_blob_cases(
         label = torch.zeros(tuple(size), dtype=torch.uint8)
         for value in range(1, num_labels + 1):
             _, blob = single_lesion_volume(size, noise=0.0, seed=seed * 1000 + 100 * value + index)
-            centre_shift = [int(s * (0.5 * value - 0.25 * (num_labels + 1))) for s in size[:1]] + [0, 0]
-            blob = torch.roll(blob[0, 0] > 0, shifts=centre_shift, dims=(0, 1, 2)) if num_labels > 1 else blob[0, 0] > 0
+            shift = int(size[0] * (0.5 * value - 0.25 * (num_labels + 1)))  # structures side by side along axis 0
+            blob = torch.roll(blob[0, 0] > 0, shifts=shift, dims=0)
             label[blob & (label == 0)] = value
         levels = torch.tensor([0.0] + [(-1) ** (k + 1) * ((k + 1) // 2) for k in range(1, num_labels + 1)])
         image = contrast * levels[label.long()] + noise * torch.randn(tuple(size), generator=generator)
