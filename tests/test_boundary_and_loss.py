@@ -84,13 +84,13 @@ def test_loss_reports_each_term_and_sums_them():
     assert total.item() == pytest.approx(terms["total"])
 
 
-def test_loss_needs_a_forward_pass_and_matching_shapes():
+def test_loss_needs_the_training_output_and_matching_shapes():
     net = tiny_tokenseg()
-    with pytest.raises(RuntimeError, match="forward pass"):
+    with pytest.raises(TypeError, match="training output"):
         TokenSegLoss(net)(torch.randn(1, 2, 32, 32, 32), cube_label())
-    logits = net(torch.randn(1, 1, 32, 32, 32))
+    output = net(torch.randn(1, 1, 32, 32, 32))
     with pytest.raises(ValueError, match="do not match"):
-        TokenSegLoss(net)(logits, torch.zeros(1, 1, 16, 16, 16))
+        TokenSegLoss(net)(output, torch.zeros(1, 1, 16, 16, 16))
 
 
 def test_boundary_hit_rate_counts_kept_tokens_on_the_band():
@@ -100,11 +100,11 @@ def test_boundary_hit_rate_counts_kept_tokens_on_the_band():
     # random selection hits the band about as often as the band's share of cells
     net = tiny_tokenseg(selection="random").eval()
     with torch.no_grad():
-        net(torch.randn(1, 1, 32, 32, 32))
-    rate = boundary_hit_rate(net, label).item()
+        out = net.forward_tokens(torch.randn(1, 1, 32, 32, 32))
+    rate = boundary_hit_rate(out.kept_indices, label, net.grids).item()
     assert abs(rate - share_on_band) < 0.25
     # keeping every token gives exactly the band's share
     dense = tiny_tokenseg(selection="all").eval()
     with torch.no_grad():
-        dense(torch.randn(1, 1, 32, 32, 32))
-    assert boundary_hit_rate(dense, label).item() == pytest.approx(share_on_band)
+        dense_out = dense.forward_tokens(torch.randn(1, 1, 32, 32, 32))
+    assert boundary_hit_rate(dense_out.kept_indices, label, dense.grids).item() == pytest.approx(share_on_band)

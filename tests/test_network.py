@@ -1,4 +1,4 @@
-"""TokenSeg network: shapes, token selection, gradients, TorchScript, bad input."""
+"""TokenSeg network: shapes, token selection, gradients, side-effect-free forward passes, TorchScript, bad input."""
 
 import itertools
 
@@ -7,7 +7,8 @@ import torch
 
 from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.losses import TokenSegLoss
-from tokenseg.networks import TokenSeg
+from tokenseg.networks import TokenSeg, TokenSegOutput
+from tokenseg.networks.selection import select_tokens
 
 from conftest import tiny_tokenseg
 
@@ -18,18 +19,23 @@ SIZES = [(64, 64, 32), (96, 96, 96), (128, 128, 64)]
 def test_output_shape(size, in_channels, out_channels, batch):
     net = tiny_tokenseg(in_channels=in_channels, out_channels=out_channels, img_size=size).eval()
     with torch.no_grad():
-        y = net(torch.randn(batch, in_channels, *size))
-    assert y.shape == (batch, out_channels, *size)
-    assert net.aux.kept_indices.shape == (batch, net.num_kept_tokens)
-    assert net.aux.kept_cells.shape == (batch, net.num_kept_tokens, 4)
+        out = net.forward_tokens(torch.randn(batch, in_channels, *size))
+    assert out.logits.shape == (batch, out_channels, *size)
+    assert out.kept_indices.shape == (batch, net.num_kept_tokens)
+    assert out.scores.shape == out.keep_mask.shape == out.code_indices.shape == (batch, net.num_tokens)
+    assert out.vq_loss.shape == (batch,)
+    cells = net.token_cells[out.kept_indices]  # (B, K, 4): level 1..L, then the cell on that level's grid
+    assert cells.shape == (batch, net.num_kept_tokens, 4)
+    assert 1 <= cells[..., 0].min() and cells[..., 0].max() <= len(net.grids)
 
 
 def test_default_network_paper_sizes():
     net = TokenSeg(in_channels=1, out_channels=2, img_size=(96, 96, 96))
     assert net.num_tokens == 400 and net.num_kept_tokens == 100
-    assert all(g == (4, 5, 5) or sorted(g) == [4, 5, 5] for g in net.grids)
-    assert net.tokenizer.quantizer.quantizer.num_embeddings == 4096
-    y = net(torch.randn(1, 1, 96, 96, 96))
+    assert all(sorted(g) == [4, 5, 5] for g in net.grids)
+    assert net.tokenizer.codebook.num_embeddings == 4096
+    with torch.no_grad():
+        y = net.eval()(torch.randn(1, 1, 96, 96, 96))
     assert y.shape == (1, 2, 96, 96, 96)
 
 
@@ -45,14 +51,14 @@ def test_training_step_on_non_cubic_patch():
 def test_small_patch_caps_cells_per_level():
     # at 32^3 the deepest level has 2x2x2 positions: it gets 8 cells, not 100
     net = tiny_tokenseg(img_size=(32, 32, 32))
-    assert net.grids[-1] == (2, 2, 2)
+    assert net.grids[-1] == [2, 2, 2]
     for level, grid in enumerate(net.grids, start=1):
         assert all(g <= 32 // 2**level for g in grid)
     assert net.num_tokens == sum(g[0] * g[1] * g[2] for g in net.grids) < 400
 
 
-def _kept_sets(net):
-    return [set(row.tolist()) for row in net.aux.kept_indices]
+def _kept_sets(out):
+    return [set(row.tolist()) for row in out.kept_indices]
 
 
 @pytest.mark.parametrize("selection", ["soft_topk", "topk", "random"])
@@ -61,17 +67,17 @@ def test_exactly_k_tokens_kept_per_sample(selection):
     x = torch.randn(2, 1, 32, 32, 32)
     for training in (True, False):
         net.train(training)
-        net(x)
-        assert all(len(kept) == 50 for kept in _kept_sets(net))
-        assert (net.aux.keep_mask.detach().sum(dim=1) == 50).all()
+        out = net.forward_tokens(x)
+        assert all(len(kept) == 50 for kept in _kept_sets(out))
+        assert (out.keep_mask.detach().sum(dim=1) == 50).all()
 
 
 def test_dense_ablation_keeps_every_token():
     net = tiny_tokenseg(selection="all")
     assert net.num_kept_tokens == net.num_tokens
-    net(torch.randn(1, 1, 32, 32, 32))
-    assert _kept_sets(net)[0] == set(range(net.num_tokens))
-    assert (net.aux.keep_mask == 1).all()
+    out = net.forward_tokens(torch.randn(1, 1, 32, 32, 32))
+    assert _kept_sets(out)[0] == set(range(net.num_tokens))
+    assert (out.keep_mask == 1).all()
 
 
 @pytest.mark.parametrize("selection", ["soft_topk", "topk", "random"])
@@ -79,10 +85,9 @@ def test_inference_is_deterministic(selection):
     net = tiny_tokenseg(selection=selection).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        first, kept_first = net(x), net.aux.kept_indices.clone()
-        second, kept_second = net(x), net.aux.kept_indices.clone()
-    assert torch.equal(first, second)
-    assert torch.equal(kept_first, kept_second)
+        first, second = net.forward_tokens(x), net.forward_tokens(x)
+    assert torch.equal(first.logits, second.logits)
+    assert torch.equal(first.kept_indices, second.kept_indices)
 
 
 def test_training_selection_is_stochastic_with_a_hard_mask():
@@ -90,33 +95,91 @@ def test_training_selection_is_stochastic_with_a_hard_mask():
     x = torch.randn(1, 1, 32, 32, 32)
     kept = []
     for _ in range(3):
-        net(x)
-        mask = net.aux.keep_mask
+        out = net.forward_tokens(x)
+        mask = out.keep_mask
         assert mask.requires_grad  # the soft top-K gradient is attached ...
         assert set(mask.detach().unique().tolist()) == {0.0, 1.0}  # ... but the forward value is exactly 0/1
-        kept.append(_kept_sets(net)[0])
+        kept.append(_kept_sets(out)[0])
     assert kept[0] != kept[1] or kept[1] != kept[2]
 
 
 def test_gradients_reach_every_trainable_part():
     net = tiny_tokenseg()
     image, label = single_lesion_volume((32, 32, 32))
-    codebook_before = net.tokenizer.quantizer.quantizer.embedding.weight.clone()
+    codebook_before = net.tokenizer.codebook.embedding.weight.clone()
     TokenSegLoss(net)(net(image), label).backward()
     missing = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert missing == []
     for part in ("encoder", "tokenizer.scorer", "tokenizer.projections", "mixer", "decoder", "head"):
         assert any(n.startswith(part) for n, p in net.named_parameters() if p.grad is not None)
-    # the codebook learns by EMA, not by gradient
-    assert not torch.equal(codebook_before, net.tokenizer.quantizer.quantizer.embedding.weight)
+    # the codebook learns by EMA in the training step, not by gradient
+    assert not torch.equal(codebook_before, net.tokenizer.codebook.embedding.weight)
 
 
 def test_scores_get_gradient_through_the_straight_through_mask():
     net = tiny_tokenseg(selection="soft_topk")
     out = net(torch.randn(1, 1, 32, 32, 32))
-    scores = net.aux.scores
-    grad = torch.autograd.grad(out.square().mean(), scores, retain_graph=True)[0]
+    grad = torch.autograd.grad(out["logits"].square().mean(), out["scores"], retain_graph=True)[0]
     assert grad.abs().sum() > 0
+
+
+def test_train_mode_forward_without_gradients_changes_nothing():
+    # MONAI Label's epistemic scoring samples dropout with network.train() under no_grad
+    net = tiny_tokenseg(dropout=0.2)
+    TokenSegLoss(net)(net(torch.randn(1, 1, 32, 32, 32)), torch.zeros(1, 1, 32, 32, 32))  # codebook initialised
+    before = {name: t.clone() for name, t in net.state_dict().items()}
+    net.train()
+    with torch.no_grad():
+        logits = net(torch.randn(2, 1, 32, 32, 32))
+        net.forward_tokens(torch.randn(2, 1, 32, 32, 32))
+    assert logits.shape == (2, 2, 32, 32, 32)  # logits, not the training output
+    changed = [name for name, t in net.state_dict().items() if not torch.equal(t, before[name])]
+    assert changed == []
+
+
+def test_training_step_output_is_batch_first():
+    # DataParallel gathers along dim 0 and sliding windows stitch logits: nothing is kept on the module
+    net = tiny_tokenseg().train()
+    out = net(torch.randn(2, 1, 32, 32, 32))
+    assert set(out) == set(TokenSegOutput._fields)
+    assert all(value.shape[0] == 2 for value in out.values())
+    assert not any(isinstance(value, torch.Tensor) for value in vars(net).values())
+    with pytest.raises(TypeError, match="training output"):
+        TokenSegLoss(net)(out["logits"], torch.zeros(2, 1, 32, 32, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_selection_in_low_precision_keeps_exactly_k(dtype):
+    # near-equal scores and many Gumbel draws: fp16 rounding used to make -inf (log 0) and ties
+    scores = (torch.randn(64, 400) * 1e-3).to(dtype).requires_grad_()
+    for _ in range(50):
+        indices, mask = select_tokens(scores, 100, "soft_topk", training=True)
+        assert mask.dtype == torch.float32 and torch.isfinite(mask).all()
+        assert (mask.detach().sum(dim=1) == 100).all()
+        assert (indices.diff(dim=1) > 0).all()
+    mask.sum().backward()
+    assert torch.isfinite(scores.grad).all()
+
+
+def test_training_step_under_cpu_autocast():
+    net = tiny_tokenseg(img_size=(32, 32, 32)).train()
+    image, label = single_lesion_volume((32, 32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(image)
+        loss = TokenSegLoss(net)(out, label)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert (out["keep_mask"].detach().sum(dim=1) == net.num_kept_tokens).all()
+
+
+@pytest.mark.parametrize("selection", ["soft_topk", "random", "all"])
+def test_script_matches_eager(selection):
+    # the model zoo exports with torch.jit.script
+    net = tiny_tokenseg(in_channels=3, out_channels=3, img_size=(64, 64, 32), selection=selection).eval()
+    x = torch.randn(1, 3, 64, 64, 32)
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
 
 
 def test_trace_matches_eager():
@@ -177,9 +240,8 @@ def test_decomposed_blocks_and_dropout(dropout):
     net.eval()
     with torch.no_grad():
         assert torch.equal(net(x), net(x))
-    # training mode with the codebook frozen and deterministic top-K: only dropout can make two passes differ
+    # training mode with deterministic top-K: only dropout can make two passes differ
     net.train()
-    net.tokenizer.eval()
     with torch.no_grad():
         differ = not torch.equal(net(x), net(x))
     assert differ == (dropout > 0)  # what MONAI Label's epistemic scoring relies on

@@ -12,22 +12,22 @@ from conftest import tiny_tokenseg
 
 def test_dense_selection_covers_every_voxel():
     net = tiny_tokenseg(selection="all").eval()
-    net(torch.randn(1, 1, 32, 32, 32))
-    assert torch.equal(kept_cell_mask(net, (32, 32, 32)), torch.ones(1, 1, 32, 32, 32))
+    out = net.forward_tokens(torch.randn(1, 1, 32, 32, 32))
+    assert torch.equal(kept_cell_mask(net, out.keep_mask, (32, 32, 32)), torch.ones(1, 1, 32, 32, 32))
 
 
 def test_mask_covers_exactly_the_kept_cells():
     net = tiny_tokenseg(num_kept_tokens=5, tokens_per_level=(100, 100, 100, 8)).eval()
-    net(torch.randn(2, 1, 32, 32, 32))
-    mask = kept_cell_mask(net, (32, 32, 32))
+    out = net.forward_tokens(torch.randn(2, 1, 32, 32, 32))
+    mask = kept_cell_mask(net, out.keep_mask, (32, 32, 32))
     assert set(mask.unique().tolist()) == {0.0, 1.0}
     # every kept token's cell lies inside the mask ...
     targets = token_boundary_targets(mask, net.grids)
-    assert (targets.gather(1, net.aux.kept_indices) == 1).all()
+    assert (targets.gather(1, out.kept_indices) == 1).all()
     # ... and a mask of one kept token's cell is exactly that cell's voxels
-    net.aux.keep_mask.zero_()
-    net.aux.keep_mask[0, 0] = 1  # level 1 (stride 2), cell (0, 0, 0) of a 4 x 5 x 5 grid on 16^3 positions
-    single = kept_cell_mask(net, (32, 32, 32))[0, 0]
+    keep = torch.zeros_like(out.keep_mask)
+    keep[0, 0] = 1  # level 1 (stride 2), cell (0, 0, 0) of a 4 x 5 x 5 grid on 16^3 positions
+    single = kept_cell_mask(net, keep, (32, 32, 32))[0, 0]
     d, h, w = (math.ceil(16 / g) * 2 for g in net.grids[0])
     assert single.sum() == d * h * w and single[:d, :h, :w].all()
 

@@ -15,7 +15,7 @@ from monai.networks.utils import one_hot
 
 from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.losses import TokenSegLoss
-from tokenseg.metrics import boundary_hit_rate
+from tokenseg.metrics import boundary_hit_rate, codebook_perplexity
 from tokenseg.networks import TokenSeg
 
 __all__ = ["fit_volume", "evaluate_volume", "main"]
@@ -33,13 +33,15 @@ def fit_volume(
     network.train()
     for step in range(1, steps + 1):
         optimizer.zero_grad()
-        loss = loss_function(network(image), label)
+        output = network(image)
+        loss = loss_function(output, label)
         loss.backward()
         optimizer.step()
         history.append(dict(loss_function.last_terms))
         if step % log_every == 0 or step == steps:
             terms = ", ".join(f"{k} {v:.4f}" for k, v in loss_function.last_terms.items())
-            logger.info(f"step {step}/{steps}: {terms}, codebook perplexity {network.aux.perplexity.item():.1f}")
+            perplexity = codebook_perplexity(output["code_indices"], network.tokenizer.codebook.num_embeddings)
+            logger.info(f"step {step}/{steps}: {terms}, codebook perplexity {perplexity.item():.1f}")
     return history
 
 
@@ -47,10 +49,12 @@ def fit_volume(
 def evaluate_volume(network: TokenSeg, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
     """Dice of the foreground classes and the boundary hit rate, in inference mode."""
     network.eval()
-    prediction = network(image).argmax(dim=1, keepdim=True)
+    output = network.forward_tokens(image)
+    prediction = output.logits.argmax(dim=1, keepdim=True)
     classes = network.out_channels
     dice = compute_dice(one_hot(prediction, classes), one_hot(label, classes), include_background=False)
-    return {"dice": dice.nanmean().item(), "boundary_hit_rate": boundary_hit_rate(network, label).item()}
+    hit_rate = boundary_hit_rate(output.kept_indices, label, network.grids)
+    return {"dice": dice.nanmean().item(), "boundary_hit_rate": hit_rate.item()}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:

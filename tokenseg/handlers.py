@@ -13,10 +13,12 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from ignite.metrics.metric import reinit__is_reduced
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
+from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver, HausdorffDistance
+from monai.utils import CommonKeys
 
 from tokenseg.losses import TokenSegLoss
-from tokenseg.metrics import boundary_hit_rate
+from tokenseg.metrics import boundary_hit_rate, codebook_perplexity
 
 __all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver", "PhysicalHausdorffDistance"]
 
@@ -24,9 +26,11 @@ __all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver", "PhysicalHausdorffDis
 class TokenSegDiagnostics:
     """Averages TokenSeg's diagnostics over each training epoch into ``engine.state.metrics``.
 
-    Per iteration it reads each loss term (``loss_dice_ce``, ``loss_vq``,
-    ``loss_boundary``, ``loss_total``), the codebook perplexity and the boundary hit rate of
-    the kept tokens; at the end of the epoch their means land in
+    After each loss computation (MONAI's ``IterationEvents.LOSS_COMPLETED``,
+    while the trainer's output still holds the network's training output) it
+    reads each loss term (``loss_dice_ce``, ``loss_vq``, ``loss_boundary``,
+    ``loss_total``), the codebook perplexity and the boundary hit rate of the
+    kept tokens; at the end of the epoch their means land in
     ``engine.state.metrics``, where MONAI's ``StatsHandler`` and
     ``TensorBoardStatsHandler`` log them. Attach it before those handlers.
 
@@ -43,7 +47,7 @@ class TokenSegDiagnostics:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
 
     def _reset(self, engine: Engine) -> None:
@@ -53,14 +57,13 @@ class TokenSegDiagnostics:
     @torch.no_grad()
     def _accumulate(self, engine: Engine) -> None:
         network = self.loss_function.network
-        if network.aux is None:
-            return
+        output = engine.state.output[CommonKeys.PRED]
         values = {f"loss_{name}": value for name, value in self.loss_function.last_terms.items()}
-        values["codebook_perplexity"] = network.aux.perplexity.item()
-        batch = engine.state.batch
-        # MONAI engines decollate the batch into a list of samples when they post-process
-        label = torch.stack([b[self.label_key] for b in batch]) if isinstance(batch, list) else batch[self.label_key]
-        values["boundary_hit_rate"] = boundary_hit_rate(network, label.to(network.aux.scores.device)).item()
+        values["codebook_perplexity"] = codebook_perplexity(
+            output["code_indices"], network.tokenizer.codebook.num_embeddings
+        ).item()
+        label = engine.state.batch[self.label_key]
+        values["boundary_hit_rate"] = boundary_hit_rate(output["kept_indices"], label, network.grids).item()
         for name, value in values.items():
             self._sums[name] += value
         self._count += 1

@@ -20,15 +20,13 @@ from tokenseg.networks.cells import expand_cells
 __all__ = ["kept_cell_mask", "boundary_token_entropy"]
 
 
-def kept_cell_mask(network: TokenSeg, size: Sequence[int]) -> torch.Tensor:
-    """(B, 1, *size) mask of the voxels inside the cells of the tokens kept in the last forward pass."""
-    if network.aux is None:
-        raise RuntimeError("kept_cell_mask needs a forward pass of the network first.")
-    keep = network.aux.keep_mask.detach()
+def kept_cell_mask(network: TokenSeg, keep_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, 1, *size) mask of the voxels inside the cells of the tokens kept in ``keep_mask`` (B, N)."""
+    keep = keep_mask.detach()
     mask = None
     per_level = keep.split(network.decoder.cells_per_level, dim=1)  # the decoder's own split of the token order
     for level, (level_keep, grid) in enumerate(zip(per_level, network.grids), start=1):
-        painted = expand_cells(level_keep.reshape(-1, 1, *grid), size, stride=2**level)
+        painted = expand_cells(level_keep.reshape(-1, 1, *grid), list(size), stride=2**level)
         mask = painted if mask is None else torch.maximum(mask, painted)
     return mask
 
@@ -41,10 +39,11 @@ def boundary_token_entropy(
     totals = torch.zeros(2, device=image.device)
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        logits = network(window)
+        output = network.forward_tokens(window)
+        logits = output.logits
         probabilities = logits.float().softmax(dim=1)
         entropy = -(probabilities * probabilities.clamp_min(1e-8).log()).sum(dim=1, keepdim=True)
-        mask = kept_cell_mask(network, window.shape[2:])
+        mask = kept_cell_mask(network, output.keep_mask, window.shape[2:])
         totals[0] += (entropy * mask).sum()
         totals[1] += mask.sum()
         return logits

@@ -1,3 +1,3 @@
-from tokenseg.networks.tokenseg import TokenSeg, TokenSegAux
+from tokenseg.networks.tokenseg import TokenSeg, TokenSegOutput
 
-__all__ = ["TokenSeg", "TokenSegAux"]
+__all__ = ["TokenSeg", "TokenSegOutput"]

@@ -1,4 +1,4 @@
-"""Convolutional blocks of the TokenSeg encoder.
+"""Blocks of TokenSeg: the encoder's convolutional blocks and the token mixer's transformer block.
 
 Two block types share one interface, ``block(channels) -> nn.Module`` that
 keeps shape (B, C, D, H, W):
@@ -8,16 +8,18 @@ keeps shape (B, C, D, H, W):
 - ``"decomposed"``: DCFormer's decomposed convolution: three parallel
   depthwise 1-D convolutions along D, H and W, each with its own norm,
   summed, then a pointwise MLP; both with residual connections.
+
+``TokenMixerBlock`` is a pre-norm transformer block over the kept tokens.
 """
 
 from __future__ import annotations
 
 import torch
-from monai.networks.blocks import Convolution, UnetResBlock
-from monai.networks.layers.utils import get_norm_layer
+from monai.networks.blocks import Convolution, MLPBlock, SABlock, UnetResBlock
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-__all__ = ["DecomposedConvBlock", "make_block", "EncoderStage", "BLOCK_TYPES"]
+__all__ = ["DecomposedConvBlock", "make_block", "EncoderStage", "TokenMixerBlock", "BLOCK_TYPES"]
 
 BLOCK_TYPES = ("residual", "decomposed")
 
@@ -30,6 +32,7 @@ class DecomposedConvBlock(nn.Module):
         kernel_size: length of each 1-D depthwise kernel.
         mlp_ratio: hidden width of the pointwise MLP relative to C.
         norm_name: MONAI norm name used after each 1-D convolution.
+        act_name: MONAI activation name inside the MLP.
         dropout: dropout rate inside the MLP.
     """
 
@@ -39,29 +42,33 @@ class DecomposedConvBlock(nn.Module):
         kernel_size: int = 7,
         mlp_ratio: float = 2.0,
         norm_name: str | tuple = "instance",
+        act_name: str | tuple = "gelu",
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         pad = kernel_size // 2
         kernels = [(kernel_size, 1, 1), (1, kernel_size, 1), (1, 1, kernel_size)]
         paddings = [(pad, 0, 0), (0, pad, 0), (0, 0, pad)]
-        self.axis_convs = nn.ModuleList(
-            nn.Conv3d(channels, channels, k, padding=p, groups=channels) for k, p in zip(kernels, paddings)
-        )
-        self.axis_norms = nn.ModuleList(
-            get_norm_layer(norm_name, spatial_dims=3, channels=channels) for _ in range(3)
+        self.axis_branches = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv3d(channels, channels, k, padding=p, groups=channels),
+                get_norm_layer(norm_name, spatial_dims=3, channels=channels),
+            )
+            for k, p in zip(kernels, paddings)
         )
         hidden = int(channels * mlp_ratio)
         self.mlp = nn.Sequential(
             get_norm_layer(norm_name, spatial_dims=3, channels=channels),
             nn.Conv3d(channels, hidden, 1),
-            nn.GELU(),
+            get_act_layer(act_name),
             nn.Dropout(dropout),
             nn.Conv3d(hidden, channels, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mixed = sum(norm(conv(x)) for conv, norm in zip(self.axis_convs, self.axis_norms))
+        mixed = torch.zeros_like(x)
+        for branch in self.axis_branches:
+            mixed = mixed + branch(x)
         x = x + mixed
         return x + self.mlp(x)
 
@@ -75,7 +82,7 @@ def make_block(
             3, channels, channels, kernel_size=3, stride=1, norm_name=norm_name, act_name=act_name, dropout=dropout
         )
     if block_type == "decomposed":
-        return DecomposedConvBlock(channels, norm_name=norm_name, dropout=dropout)
+        return DecomposedConvBlock(channels, norm_name=norm_name, act_name=act_name, dropout=dropout)
     raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}.")
 
 
@@ -98,3 +105,29 @@ class EncoderStage(nn.Sequential):
         )
         blocks = [make_block(block_type, out_channels, norm_name, act_name, dropout) for _ in range(depth)]
         super().__init__(down, *blocks)
+
+
+class TokenMixerBlock(nn.Module):
+    """Pre-norm transformer block over tokens (B, K, E) -> (B, K, E), from MONAI's ``SABlock`` and ``MLPBlock``.
+
+    MONAI's ``TransformerBlock`` without its cross-attention branch, which it
+    builds even when unused: unused parameters break ``DistributedDataParallel``
+    and the branch does not script.
+
+    Args:
+        token_dim: token width E.
+        mlp_dim: hidden width of the MLP.
+        num_heads: attention heads.
+        dropout: dropout rate.
+    """
+
+    def __init__(self, token_dim: int, mlp_dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(token_dim)
+        self.attn = SABlock(token_dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(token_dim)
+        self.mlp = MLPBlock(token_dim, mlp_dim, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

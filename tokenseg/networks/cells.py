@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import List, Optional
 
 import torch
 
@@ -49,7 +50,7 @@ def choose_grid(level_size: Sequence[int], max_cells: int) -> tuple[int, int, in
     return best[2]
 
 
-def axis_assignment(size: int, cells: int, stride: int = 1, device: torch.device | None = None) -> torch.Tensor:
+def axis_assignment(size: int, cells: int, stride: int = 1, device: Optional[torch.device] = None) -> torch.Tensor:
     """One-hot ``(cells, size)`` matrix assigning each position of an axis to its cell.
 
     ``stride`` > 1 maps a full-resolution axis of ``size`` voxels onto the
@@ -62,13 +63,18 @@ def axis_assignment(size: int, cells: int, stride: int = 1, device: torch.device
     return (cell[None, :] == torch.arange(cells, device=device)[:, None]).float()
 
 
-def _apply_axes(x: torch.Tensor, matrices: Sequence[torch.Tensor]) -> torch.Tensor:
+def _apply_axes(x: torch.Tensor, matrices: List[torch.Tensor]) -> torch.Tensor:
     """Contract the three spatial axes of ``x`` (B, C, D, H, W) with one matrix each."""
-    md, mh, mw = (m.to(x.dtype) for m in matrices)
+    md, mh, mw = matrices[0].to(x.dtype), matrices[1].to(x.dtype), matrices[2].to(x.dtype)
     return torch.einsum("bcdhw,id,jh,kw->bcijk", x, md, mh, mw)
 
 
-def pool_to_cells(x: torch.Tensor, grid: Sequence[int], stride: int = 1, reduce: str = "mean") -> torch.Tensor:
+def _axis_matrices(size: List[int], grid: List[int], stride: int, device: torch.device) -> List[torch.Tensor]:
+    """The (cells, positions) assignment matrix of each of the three axes."""
+    return [axis_assignment(size[axis], grid[axis], stride, device) for axis in range(3)]
+
+
+def pool_to_cells(x: torch.Tensor, grid: List[int], stride: int = 1, reduce: str = "mean") -> torch.Tensor:
     """Pool ``x`` (B, C, D, H, W) onto ``grid``: (B, C, gd, gh, gw).
 
     Args:
@@ -78,21 +84,21 @@ def pool_to_cells(x: torch.Tensor, grid: Sequence[int], stride: int = 1, reduce:
         stride: the level's downsampling factor relative to ``x``.
         reduce: ``"mean"`` (feature pooling) or ``"sum"`` (counting voxels).
     """
-    matrices = [axis_assignment(n, g, stride, x.device) for n, g in zip(x.shape[2:], grid)]
+    matrices = _axis_matrices(list(x.shape[2:]), grid, stride, x.device)
     pooled = _apply_axes(x, matrices)
     if reduce == "sum":
         return pooled
     if reduce != "mean":
-        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}.")
-    counts = [m.sum(dim=1) for m in matrices]
-    return pooled / torch.einsum("i,j,k->ijk", *counts).to(x.dtype)
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce}.")
+    counts = torch.einsum("i,j,k->ijk", matrices[0].sum(dim=1), matrices[1].sum(dim=1), matrices[2].sum(dim=1))
+    return pooled / counts.to(x.dtype)
 
 
-def expand_cells(cells: torch.Tensor, size: Sequence[int], stride: int = 1) -> torch.Tensor:
+def expand_cells(cells: torch.Tensor, size: List[int], stride: int = 1) -> torch.Tensor:
     """Paint each cell of ``cells`` (B, C, gd, gh, gw) over its positions: (B, C, *size).
 
     ``stride`` > 1 paints the cells of a level downsampled by ``stride`` onto a
     full-resolution grid of ``size`` voxels.
     """
-    matrices = [axis_assignment(n, g, stride, cells.device).T for n, g in zip(size, cells.shape[2:])]
-    return _apply_axes(cells, matrices)
+    matrices = _axis_matrices(size, list(cells.shape[2:]), stride, cells.device)
+    return _apply_axes(cells, [m.t() for m in matrices])

@@ -1,19 +1,20 @@
 """Sparse-to-dense decoder: kept tokens back into their cells, then a light U-Net path up.
 
-For each level l, the N_l tokens of that level (B, N_l, E) (dropped tokens
-are zero) are projected to C_l channels, laid on the level's cell grid
-(B, C_l, *g_l), painted over the cells' positions (B, C_l, D_l, H_l, W_l)
-and added to the encoder feature through a learned per-channel gate that
-starts small (training starts close to a plain U-Net, while every token
-parameter already gets a gradient). Then the coarsest level is upsampled
-level by level to the first level, at stride 2, each step an
-``AddSkipUpBlock``.
+For each level l, the N_l tokens of that level (B, N_l, E) are projected to
+C_l channels and zeroed where the token was dropped (B, N_l, C_l), laid on
+the level's cell grid (B, C_l, *g_l), painted over the cells' positions
+(B, C_l, D_l, H_l, W_l) and added to the encoder feature through a learned
+per-channel gate that starts small (training starts close to a plain U-Net,
+while every token parameter already gets a gradient): ``TokenInjection``.
+Then the coarsest level is upsampled level by level to the first level, at
+stride 2, each step an ``AddSkipUpBlock``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import List
 
 import torch
 from monai.networks.blocks import Convolution
@@ -21,7 +22,7 @@ from torch import nn
 
 from tokenseg.networks.cells import expand_cells
 
-__all__ = ["AddSkipUpBlock", "SparseToDenseDecoder"]
+__all__ = ["AddSkipUpBlock", "TokenInjection", "SparseToDenseDecoder"]
 
 
 class AddSkipUpBlock(nn.Module):
@@ -56,6 +57,29 @@ class AddSkipUpBlock(nn.Module):
         return self.fuse(self.upsample(x) + skip)
 
 
+class TokenInjection(nn.Module):
+    """Adds one level's tokens into its feature map: (B, C, D_l, H_l, W_l) -> same shape.
+
+    Args:
+        token_dim: token width E.
+        channels: channels C of the level.
+        grid: the level's cell grid (gd, gh, gw), N_l cells.
+    """
+
+    def __init__(self, token_dim: int, channels: int, grid: Sequence[int]) -> None:
+        super().__init__()
+        self.grid: List[int] = [int(g) for g in grid]
+        self.reproject = nn.Linear(token_dim, channels)
+        self.gate = nn.Parameter(torch.full((channels,), 0.1))
+
+    def forward(self, feature: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """feature (B, C, D_l, H_l, W_l); tokens (B, N_l, E); keep (B, N_l), 0 on dropped tokens."""
+        values = self.reproject(tokens) * keep[..., None].to(tokens.dtype)  # (B, N_l, C); no bias in dropped cells
+        cells = values.transpose(1, 2).reshape(feature.shape[0], -1, self.grid[0], self.grid[1], self.grid[2])
+        painted = expand_cells(cells, list(feature.shape[2:]))  # (B, C, D_l, H_l, W_l)
+        return feature + torch.tanh(self.gate).view(1, -1, 1, 1, 1) * painted
+
+
 class SparseToDenseDecoder(nn.Module):
     """Args:
     level_channels: channels C_l of each encoder level, finest first.
@@ -75,30 +99,24 @@ class SparseToDenseDecoder(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.grids = [tuple(g) for g in grids]
-        self.cells_per_level = [math.prod(g) for g in self.grids]
-        self.reprojections = nn.ModuleList(nn.Linear(token_dim, c) for c in level_channels)
-        self.gates = nn.ParameterList(nn.Parameter(torch.full((c,), 0.1)) for c in level_channels)
+        self.cells_per_level: List[int] = [math.prod(g) for g in grids]
+        self.injections = nn.ModuleList(TokenInjection(token_dim, c, g) for c, g in zip(level_channels, grids))
         self.up_blocks = nn.ModuleList(
             AddSkipUpBlock(level_channels[i + 1], level_channels[i], norm_name, act_name, dropout)
             for i in reversed(range(len(level_channels) - 1))
         )
 
-    def inject_tokens(self, features: Sequence[torch.Tensor], tokens: torch.Tensor) -> list[torch.Tensor]:
-        """Add each level's tokens (B, N, E) into its feature map; shapes unchanged."""
-        out = []
-        for feature, level_tokens, grid, reproject, gate in zip(
-            features, tokens.split(self.cells_per_level, dim=1), self.grids, self.reprojections, self.gates
-        ):
-            cells = reproject(level_tokens).transpose(1, 2).reshape(feature.shape[0], -1, *grid)  # (B, C_l, *g_l)
-            painted = expand_cells(cells, feature.shape[2:])  # (B, C_l, D_l, H_l, W_l)
-            out.append(feature + torch.tanh(gate).view(1, -1, 1, 1, 1) * painted)
-        return out
+    def forward(self, features: List[torch.Tensor], tokens: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+        """features: finest first; tokens (B, N, E); keep_mask (B, N).
 
-    def forward(self, features: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        """features: finest first; returns (B, C_1, D_1, H_1, W_1) at the first level's resolution."""
-        levels = self.inject_tokens(features, tokens)
+        Returns (B, C_1, D_1, H_1, W_1) at the first level's resolution.
+        """
+        level_tokens = tokens.split(self.cells_per_level, dim=1)
+        level_keep = keep_mask.split(self.cells_per_level, dim=1)
+        levels: List[torch.Tensor] = []
+        for level, injection in enumerate(self.injections):
+            levels.append(injection(features[level], level_tokens[level], level_keep[level]))
         x = levels[-1]
-        for up, skip in zip(self.up_blocks, reversed(levels[:-1])):
-            x = up(x, skip)
+        for step, up in enumerate(self.up_blocks):
+            x = up(x, levels[-2 - step])
         return x

@@ -9,53 +9,67 @@ Modes (``SELECTION_MODES``):
   evaluation, plain top-K of the scores: deterministic.
 - ``"topk"``: plain top-K always; the scores learn only from their own loss.
 - ``"random"``: K tokens drawn uniformly (an ablation); in evaluation the
-  draw comes from a fixed seed so that inference stays deterministic.
+  fixed ``eval_noise`` decides, so that inference stays deterministic.
 - ``"all"``: every token kept (K = N, the dense ablation).
+
+Selection runs in float32 whatever the scores' dtype: under autocast they
+are float16 or bfloat16, where the Gumbel clamp rounds to 0 (log(0) = -inf)
+and ties between near-equal scores change K.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 __all__ = ["SELECTION_MODES", "select_tokens"]
 
 SELECTION_MODES = ("soft_topk", "topk", "random", "all")
-_EVAL_RANDOM_SEED = 0
 
 
-def _gumbel_like(x: torch.Tensor) -> torch.Tensor:
-    uniform = torch.rand_like(x).clamp_(1e-10, 1.0 - 1e-10)
+def _gumbel(shape: list[int], device: torch.device) -> torch.Tensor:
+    uniform = torch.rand(shape, dtype=torch.float32, device=device).clamp_(1e-10, 1.0 - 1e-7)
     return -torch.log(-torch.log(uniform))
 
 
 def select_tokens(
-    scores: torch.Tensor, k: int, mode: str, training: bool, tau: float = 1.0
+    scores: torch.Tensor,
+    k: int,
+    mode: str,
+    training: bool,
+    tau: float = 1.0,
+    eval_noise: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Select ``k`` tokens per sample from ``scores`` (B, N).
 
+    Args:
+        eval_noise: (N,) the fixed draw of ``"random"`` selection in evaluation.
+
     Returns:
         kept_indices: (B, K) long, ascending within each sample.
-        keep_mask: (B, N), exactly 1.0 on kept and 0.0 on dropped tokens in
-            the forward pass; in ``soft_topk`` training it carries the soft
+        keep_mask: (B, N) float32, exactly 1.0 on kept and 0.0 on dropped tokens
+            in the forward pass; in ``soft_topk`` training it carries the soft
             top-K gradient back to ``scores`` (straight-through).
     """
+    scores = scores.float()
     batch, n = scores.shape
     if mode == "all":
         indices = torch.arange(n, device=scores.device).expand(batch, n)
         return indices, torch.ones_like(scores)
     if mode == "random":
-        generator = None
-        if not training:
-            generator = torch.Generator(device=scores.device).manual_seed(_EVAL_RANDOM_SEED)
-        noise = torch.rand(scores.shape, generator=generator, device=scores.device)
+        if training or eval_noise is None:
+            noise = torch.rand(scores.shape, device=scores.device)
+        else:
+            noise = eval_noise.to(scores.device).expand(batch, n)
         indices = noise.topk(k, dim=1).indices.sort(dim=1).values
         return indices, torch.zeros_like(scores).scatter(1, indices, 1.0)
-    if mode not in ("soft_topk", "topk"):
-        raise ValueError(f"selection mode must be one of {SELECTION_MODES}, got {mode!r}.")
+    if mode != "soft_topk" and mode != "topk":
+        raise ValueError(f"selection mode must be one of soft_topk, topk, random, all, got {mode}.")
 
     perturbed = scores
     if mode == "soft_topk" and training:
-        perturbed = scores + _gumbel_like(scores)
+        perturbed = scores + _gumbel(list(scores.shape), scores.device)
     top = perturbed.topk(min(k + 1, n), dim=1)
     indices = top.indices[:, :k].sort(dim=1).values
     hard = torch.zeros_like(scores).scatter(1, indices, 1.0)

@@ -6,27 +6,34 @@ cell grids ``g_l`` of ``N_l`` cells (N = sum N_l candidate tokens):
 1. each ``f_l`` is average-pooled onto ``g_l`` -> (B, C_l, *g_l) -> (B, N_l, C_l)
    and projected to the token width -> (B, N_l, E); levels are concatenated
    level-major, cells in C order: content tokens ``t`` (B, N, E);
-2. ``t`` is quantized against the codebook (MONAI's EMA vector quantizer,
-   straight-through): ``q`` (B, N, E), plus the commitment loss;
+2. ``t`` is quantized against the codebook (the nearest of M codes, by
+   MONAI's ``EMAQuantizer``; straight-through): ``q`` (B, N, E), plus the
+   per-sample commitment loss (B,) and the code indices (B, N);
 3. level and 3D sin-cos cell-centre embeddings are added after quantization
    (the codebook holds content only): ``z`` (B, N, E);
 4. an MLP scores each token from ``[z, mean_N(z), ||t - q||]``: (B, N) logits.
+
+The forward pass changes nothing: the codebook moves (EMA, dead-code
+restarts) only in ``TokenCodebook.update``, which the training step calls
+with the batch's content tokens and codes (``TokenSegLoss`` does), so that
+inference in train mode (dropout sampling) or under ``torch.no_grad`` leaves
+the network as it was, and the forward pass scripts for TorchScript.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import List, NamedTuple, Tuple
 
 import torch
 import torch.distributed as dist
-from monai.networks.layers.vector_quantizer import EMAQuantizer, VectorQuantizer
+from monai.networks.layers.vector_quantizer import EMAQuantizer
 from torch import nn
 
 from tokenseg.networks.cells import pool_to_cells
 
-__all__ = ["BoundaryAwareTokenizer", "TokenizerOutput", "sincos_cell_embedding"]
+__all__ = ["BoundaryAwareTokenizer", "TokenCodebook", "TokenizerOutput", "sincos_cell_embedding"]
 
 
 def sincos_cell_embedding(grids: Sequence[Sequence[int]], dim: int) -> torch.Tensor:
@@ -48,15 +55,94 @@ def sincos_cell_embedding(grids: Sequence[Sequence[int]], dim: int) -> torch.Ten
     return nn.functional.pad(table, (0, dim - table.shape[1]))
 
 
-@dataclass
-class TokenizerOutput:
+class TokenizerOutput(NamedTuple):
     """What the tokenizer computes for a batch (N candidate tokens, width E)."""
 
     tokens: torch.Tensor  # (B, N, E) quantized tokens with level and position embeddings
     scores: torch.Tensor  # (B, N) importance logits
-    vq_loss: torch.Tensor  # () commitment loss
-    perplexity: torch.Tensor  # () codebook usage of this batch
-    quantization_error: torch.Tensor  # (B, N) ||t - q(t)||
+    vq_loss: torch.Tensor  # (B,) commitment loss of each sample
+    content: torch.Tensor  # (B, N, E) content tokens before quantization
+    code_indices: torch.Tensor  # (B, N) codebook entry of each token
+
+
+class TokenCodebook(EMAQuantizer):
+    """MONAI's ``EMAQuantizer`` for tokens, whose forward pass only looks codes up.
+
+    Tokens (B, N, E) -> straight-through quantized tokens (B, N, E), code
+    indices (B, N) and the per-sample commitment loss (B,). The codebook
+    moves only in ``update``, one EMA step that the training step calls with
+    the batch's tokens and codes (``TokenSegLoss`` does).
+
+    Args:
+        num_embeddings: codebook entries M.
+        embedding_dim: token width E.
+        commitment_cost: weight of the commitment term ||t - sg[c]||^2.
+        decay: decay of the EMA statistics.
+        dead_code_threshold: codes whose EMA usage falls below this are
+            restarted on random tokens of the batch; with the usage starting
+            at zero, the first update initialises the unused codebook from data
+            (a normal-initialised codebook collapses onto a few codes).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        commitment_cost: float = 0.25,
+        decay: float = 0.99,
+        dead_code_threshold: float = 1e-3,
+    ) -> None:
+        # MONAI's quantizer takes 2D/3D channel-first maps: tokens go in as (B, E, N, 1)
+        super().__init__(2, num_embeddings, embedding_dim, commitment_cost, decay)
+        self.dead_code_threshold = dead_code_threshold
+
+    def forward(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, _, code_indices = self.quantize(tokens.transpose(1, 2)[..., None])  # nearest codes, in float32
+        code_indices = code_indices[..., 0]  # (B, N)
+        codes = self.embedding(code_indices).to(tokens.dtype)  # (B, N, E)
+        loss = self.commitment_cost * (codes.detach() - tokens).pow(2).mean(dim=(1, 2))
+        return tokens + (codes - tokens).detach(), code_indices, loss
+
+    @torch.jit.unused
+    def distributed_synchronization(self, encodings_sum: torch.Tensor, dw: torch.Tensor) -> None:
+        super().distributed_synchronization(encodings_sum, dw)
+
+    @torch.jit.unused
+    @torch.no_grad()
+    def update(self, tokens: torch.Tensor, code_indices: torch.Tensor) -> None:
+        """One EMA step towards ``tokens`` (B, N, E) as assigned by ``code_indices`` (B, N), then dead-code restarts.
+
+        Under DDP every rank calls it with its own batch: the statistics are
+        summed over ranks (MONAI's ``distributed_synchronization``) and the
+        restarted codes come from rank 0, so every rank keeps the same codebook.
+        """
+        flat = tokens.detach().reshape(-1, tokens.shape[-1]).float()
+        encodings = nn.functional.one_hot(code_indices.reshape(-1), self.num_embeddings).float()
+        encodings_sum = encodings.sum(0)
+        dw = encodings.t() @ flat
+        self.distributed_synchronization(encodings_sum, dw)
+        self.ema_cluster_size.mul_(self.decay).add_(encodings_sum, alpha=1 - self.decay)
+        n = self.ema_cluster_size.sum()
+        # Laplace smoothing of the cluster sizes, as MONAI's EMAQuantizer does
+        sizes = (self.ema_cluster_size + self.epsilon) / (n + self.num_embeddings * self.epsilon) * n
+        self.ema_w.mul_(self.decay).add_(dw, alpha=1 - self.decay)
+        self.embedding.weight.copy_(self.ema_w / sizes[:, None])
+        self._restart_dead_codes(flat)
+
+    @torch.jit.unused
+    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+        """Move unused entries onto random rows of ``flat`` (B * N, E)."""
+        dead = (self.ema_cluster_size < self.dead_code_threshold).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return
+        picks = flat[torch.randint(len(flat), (dead.numel(),), device=flat.device)]
+        picks = picks + 0.01 * flat.std() * torch.randn_like(picks)  # distinct codes for repeated picks
+        self.embedding.weight[dead] = picks
+        self.ema_w[dead] = picks
+        self.ema_cluster_size[dead] = 1.0
+        if dist.is_available() and dist.is_initialized():  # every rank keeps rank 0's codebook
+            for tensor in (self.embedding.weight, self.ema_w, self.ema_cluster_size):
+                dist.broadcast(tensor, src=0)
 
 
 class BoundaryAwareTokenizer(nn.Module):
@@ -69,11 +155,7 @@ class BoundaryAwareTokenizer(nn.Module):
         codebook_size: number of codebook prototypes M.
         commitment_beta: weight of the commitment term ||t - sg[c]||^2.
         ema_decay: decay of the codebook's exponential moving averages.
-        dead_code_threshold: in training, codes whose EMA usage falls below this
-            are restarted on random tokens of the batch; with the codebook's
-            usage starting at zero, the first batch initialises the whole
-            codebook from data (a normal-initialised codebook collapses onto
-            a few codes).
+        dead_code_threshold: see ``TokenCodebook``.
         score_hidden: hidden width of the importance MLP.
         dropout: dropout rate in the importance MLP.
     """
@@ -91,20 +173,11 @@ class BoundaryAwareTokenizer(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.grids = [tuple(int(g) for g in grid) for grid in grids]
+        self.grids: List[List[int]] = [[int(g) for g in grid] for grid in grids]
         self.projections = nn.ModuleList(
             nn.Sequential(nn.Linear(c, token_dim), nn.LayerNorm(token_dim)) for c in level_channels
         )
-        self.quantizer = VectorQuantizer(
-            EMAQuantizer(
-                spatial_dims=2,  # MONAI's quantizer takes 2D/3D maps: tokens go in as (B, E, N, 1)
-                num_embeddings=codebook_size,
-                embedding_dim=token_dim,
-                commitment_cost=commitment_beta,
-                decay=ema_decay,
-            )
-        )
-        self.dead_code_threshold = dead_code_threshold
+        self.codebook = TokenCodebook(codebook_size, token_dim, commitment_beta, ema_decay, dead_code_threshold)
         self.level_embedding = nn.Parameter(torch.zeros(len(self.grids), token_dim))
         nn.init.trunc_normal_(self.level_embedding, std=0.02)
         counts = [math.prod(g) for g in self.grids]
@@ -119,39 +192,15 @@ class BoundaryAwareTokenizer(nn.Module):
             nn.Linear(score_hidden, 1),
         )
 
-    @torch.no_grad()
-    def restart_dead_codes(self, content: torch.Tensor) -> int:
-        """Move unused codebook entries onto random tokens of ``content`` (B, N, E); returns how many moved."""
-        codebook = self.quantizer.quantizer
-        dead = (codebook.ema_cluster_size < self.dead_code_threshold).nonzero().squeeze(1)
-        if dead.numel() == 0:
-            return 0
-        flat = content.detach().reshape(-1, content.shape[-1]).float()
-        picks = flat[torch.randint(len(flat), (dead.numel(),), device=flat.device)]
-        picks = picks + 0.01 * flat.std() * torch.randn_like(picks)  # distinct codes for repeated picks
-        codebook.embedding.weight[dead] = picks
-        codebook.ema_w[dead] = picks
-        codebook.ema_cluster_size[dead] = 1.0
-        if dist.is_available() and dist.is_initialized():  # every rank keeps rank 0's codebook
-            for tensor in (codebook.embedding.weight, codebook.ema_w, codebook.ema_cluster_size):
-                dist.broadcast(tensor, src=0)
-        return int(dead.numel())
-
-    def forward(self, features: Sequence[torch.Tensor]) -> TokenizerOutput:
-        content = torch.cat(
-            [
-                proj(pool_to_cells(f, grid).flatten(2).transpose(1, 2))  # (B, N_l, C_l) -> (B, N_l, E)
-                for f, grid, proj in zip(features, self.grids, self.projections)
-            ],
-            dim=1,
-        )
-        if self.training:
-            self.restart_dead_codes(content)
-        # MONAI's quantizer is channel-first, (B, E, N, 1); it updates the codebook by EMA in training.
-        vq_loss, quantized = self.quantizer(content.transpose(1, 2)[..., None])
-        quantized = quantized[..., 0].transpose(1, 2)  # (B, N, E)
-        error = (content - quantized).detach().norm(dim=-1)  # (B, N)
+    def forward(self, features: List[torch.Tensor]) -> TokenizerOutput:
+        levels: List[torch.Tensor] = []
+        for level, projection in enumerate(self.projections):
+            cells = pool_to_cells(features[level], self.grids[level])  # (B, C_l, *g_l)
+            levels.append(projection(cells.flatten(2).transpose(1, 2)))  # (B, N_l, C_l) -> (B, N_l, E)
+        content = torch.cat(levels, dim=1)  # (B, N, E)
+        quantized, code_indices, vq_loss = self.codebook(content)  # (B, N, E), (B, N), (B,)
+        error = torch.linalg.vector_norm((content - quantized).detach(), dim=-1)  # (B, N)
         tokens = quantized + self.level_embedding[self.token_level] + self.position_embedding
         summary = tokens.mean(dim=1, keepdim=True).expand_as(tokens)
         scores = self.scorer(torch.cat([tokens, summary, error[..., None]], dim=-1)).squeeze(-1)
-        return TokenizerOutput(tokens, scores, vq_loss, self.quantizer.perplexity, error)
+        return TokenizerOutput(tokens, scores, vq_loss, content, code_indices)

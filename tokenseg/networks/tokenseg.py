@@ -6,11 +6,15 @@ Where the tensor changes shape, for input x (B, C_in, D, H, W) and L levels:
 - tokenizer: f_l -> N candidate tokens (B, N, E) and scores (B, N)
 - selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N)
 - mixer:     kept tokens (B, K, E) -> (B, K, E) (transformer blocks)
-- decoder:   tokens back into their cells, upsampling with skips -> (B, C_1, D/2, H/2, W/2)
+- decoder:   kept tokens back into their cells, upsampling with skips -> (B, C_1, D/2, H/2, W/2)
 - head:      transposed conv straight to the classes -> logits (B, C_out, D, H, W)
 
-The auxiliary results of the last forward pass (scores, kept indices, VQ
-loss, perplexity, cells of the kept tokens) are in ``network.aux``.
+``forward`` returns the logits, except in a training step (train mode with
+gradients enabled), where it returns the dictionary of ``TokenSegOutput``
+fields the loss needs, as MONAI's DynUNet returns its deep-supervision heads
+in training: every value is batch-first, so ``DataParallel`` gathers it and
+DDP sees it, and nothing is kept on the module between calls.
+``forward_tokens`` returns the full ``TokenSegOutput`` in any mode.
 """
 
 from __future__ import annotations
@@ -18,39 +22,43 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Union
 
 import torch
-from monai.networks.blocks import Convolution, TransformerBlock
+from monai.networks.blocks import Convolution
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from tokenseg.networks.blocks import BLOCK_TYPES, EncoderStage
+from tokenseg.networks.blocks import BLOCK_TYPES, EncoderStage, TokenMixerBlock
 from tokenseg.networks.cells import choose_grid
 from tokenseg.networks.decoder import SparseToDenseDecoder
 from tokenseg.networks.selection import SELECTION_MODES, select_tokens
 from tokenseg.networks.tokenizer import BoundaryAwareTokenizer
 
-__all__ = ["TokenSeg", "TokenSegAux"]
+__all__ = ["TokenSeg", "TokenSegOutput"]
 
 logger = logging.getLogger(__name__)
 
+_RANDOM_SELECTION_SEED = 0
 
-@dataclass
-class TokenSegAux:
-    """Auxiliary results of a forward pass, for the loss and for logging."""
 
+class TokenSegOutput(NamedTuple):
+    """Everything a forward pass computes that the loss and diagnostics read (N candidates, K kept, E wide)."""
+
+    logits: torch.Tensor  # (B, C_out, D, H, W)
     scores: torch.Tensor  # (B, N) importance logits
-    kept_indices: torch.Tensor  # (B, K) indices into the N candidate tokens
-    keep_mask: torch.Tensor  # (B, N) 0/1 forward, straight-through gradient in soft top-K training
-    vq_loss: torch.Tensor  # () commitment loss
-    perplexity: torch.Tensor  # () codebook perplexity of the batch
-    quantization_error: torch.Tensor  # (B, N) ||t - q(t)||
-    kept_cells: torch.Tensor  # (B, K, 4) (level, cell_d, cell_h, cell_w) of each kept token
+    kept_indices: torch.Tensor  # (B, K) indices into the N candidate tokens, ascending
+    keep_mask: torch.Tensor  # (B, N) float32 0/1 forward, straight-through gradient in soft top-K training
+    vq_loss: torch.Tensor  # (B,) commitment loss of each sample
+    content: torch.Tensor  # (B, N, E) content tokens before quantization (for the codebook update)
+    code_indices: torch.Tensor  # (B, N) codebook entry of each candidate token
 
 
 class TokenSeg(nn.Module):
     """TokenSeg network (Zeng et al., arXiv 2601.04519), with the design choices of DESIGN.md.
+
+    ``token_cells`` (N, 4) gives each candidate token's level (1 .. L, stride
+    ``2 ** level``) and cell index (cell_d, cell_h, cell_w) on that level's grid.
 
     Args:
         in_channels: input channels (e.g. DCE-MRI phases).
@@ -79,6 +87,15 @@ class TokenSeg(nn.Module):
         norm_name: MONAI norm name.
         act_name: MONAI activation name.
         dropout: dropout rate used throughout (MONAI Label's epistemic scoring sets it).
+
+    Examples::
+
+        >>> net = TokenSeg(in_channels=1, out_channels=2, img_size=(64, 64, 32))
+        >>> net.eval()(torch.rand(1, 1, 64, 64, 32)).shape
+        torch.Size([1, 2, 64, 64, 32])
+        >>> out = net.forward_tokens(torch.rand(2, 1, 64, 64, 32))
+        >>> out.scores.shape[1] == net.num_tokens, out.kept_indices.shape[1] == net.num_kept_tokens
+        (True, True)
     """
 
     def __init__(
@@ -119,7 +136,7 @@ class TokenSeg(nn.Module):
         depths = ensure_tuple_rep(depths, num_levels)
         tokens_per_level = ensure_tuple_rep(tokens_per_level, num_levels)
 
-        self.grids = []
+        grids = []
         for level, requested in enumerate(tokens_per_level, start=1):
             level_size = [s // 2**level for s in self.img_size]
             grid = choose_grid(level_size, requested)
@@ -128,7 +145,8 @@ class TokenSeg(nn.Module):
                     f"TokenSeg level {level} ({level_size}) has room for {math.prod(grid)} of the "
                     f"{requested} requested tokens: grid {grid}."
                 )
-            self.grids.append(grid)
+            grids.append(list(grid))
+        self.grids: List[List[int]] = grids
         self.num_tokens = sum(math.prod(g) for g in self.grids)
         self.selection = selection
         self.num_kept_tokens = self.num_tokens if selection == "all" else num_kept_tokens
@@ -147,7 +165,9 @@ class TokenSeg(nn.Module):
         self.tokenizer = BoundaryAwareTokenizer(
             widths, self.grids, token_dim, codebook_size, commitment_beta, ema_decay, dropout=dropout
         )
-        self.mixer = nn.Sequential(*(self._mixer_block(token_dim, mixer_heads, dropout) for _ in range(mixer_depth)))
+        self.mixer = nn.Sequential(
+            *(TokenMixerBlock(token_dim, 4 * token_dim, mixer_heads, dropout) for _ in range(mixer_depth))
+        )
         self.decoder = SparseToDenseDecoder(widths, self.grids, token_dim, norm_name, act_name, dropout)
         # Like MONAI's UNet, the only full-resolution layer makes the logits: a
         # C-channel full-resolution feature map would cost more time and
@@ -155,20 +175,15 @@ class TokenSeg(nn.Module):
         self.head = Convolution(3, widths[0], out_channels, strides=2, kernel_size=3, is_transposed=True, conv_only=True)
         addresses = [
             torch.cat([torch.full((math.prod(g), 1), level), torch.cartesian_prod(*map(torch.arange, g)).view(-1, 3)], 1)
-            for level, g in enumerate(self.grids)
+            for level, g in enumerate(self.grids, start=1)
         ]
-        # (N, 4): level and cell index of every candidate token, in token order.
+        # (N, 4): level (1 .. L) and cell index of every candidate token, in token order.
         self.register_buffer("token_cells", torch.cat(addresses), persistent=False)
-        self.aux: TokenSegAux | None = None
+        # The fixed draw of "random" selection in evaluation, so that inference is deterministic.
+        generator = torch.Generator().manual_seed(_RANDOM_SELECTION_SEED)
+        self.register_buffer("random_eval_noise", torch.rand(self.num_tokens, generator=generator), persistent=False)
 
-    @staticmethod
-    def _mixer_block(token_dim: int, heads: int, dropout: float) -> TransformerBlock:
-        block = TransformerBlock(token_dim, 4 * token_dim, heads, dropout_rate=dropout)
-        # MONAI builds a cross-attention branch even without cross-attention; unused
-        # parameters would break DistributedDataParallel, so drop them.
-        del block.cross_attn, block.norm_cross_attn
-        return block
-
+    @torch.jit.unused
     def _check_spatial(self, size: Sequence[int], what: str) -> None:
         if len(size) != 3 or any(s <= 0 or s % self.divisor for s in size):
             raise ValueError(
@@ -176,6 +191,7 @@ class TokenSeg(nn.Module):
                 f"(2 ** number of levels), got {tuple(size)}."
             )
 
+    @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(
@@ -190,33 +206,57 @@ class TokenSeg(nn.Module):
                     f"level {level} (built for img_size {self.img_size}); level {level} has only {level_size} positions."
                 )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, D, H, W) -> logits (B, out_channels, D, H, W)."""
-        if not torch.jit.is_tracing():
+    def forward_tokens(self, x: torch.Tensor) -> TokenSegOutput:
+        """x: (B, in_channels, D, H, W) -> ``TokenSegOutput`` (logits and the token path's results)."""
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self._check_input(x)
-        features = []
+        features: List[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
             features.append(x)
 
         tokenized = self.tokenizer(features)
         kept_indices, keep_mask = select_tokens(
-            tokenized.scores, self.num_kept_tokens, self.selection, self.training, self.gumbel_tau
+            tokenized.scores,
+            self.num_kept_tokens,
+            self.selection,
+            self.training,
+            self.gumbel_tau,
+            self.random_eval_noise,
         )
         index = kept_indices[..., None].expand(-1, -1, tokenized.tokens.shape[-1])
         mixed = self.mixer(tokenized.tokens.gather(1, index))  # (B, K, E)
-        # Kept tokens carry the mixer's output, the others their own value; the
-        # mask zeroes the others in the forward pass but lets its soft gradient
-        # tell the scorer what keeping them would have changed.
-        tokens = tokenized.tokens.scatter(1, index, mixed) * keep_mask[..., None]
-
-        self.aux = TokenSegAux(
-            scores=tokenized.scores,
-            kept_indices=kept_indices,
-            keep_mask=keep_mask,
-            vq_loss=tokenized.vq_loss,
-            perplexity=tokenized.perplexity,
-            quantization_error=tokenized.quantization_error,
-            kept_cells=self.token_cells[kept_indices],
+        # Kept tokens carry the mixer's output; the decoder zeroes the others with
+        # the keep mask, whose soft gradient tells the scorer what keeping them
+        # would have changed.
+        tokens = tokenized.tokens.scatter(1, index, mixed)
+        logits = self.head(self.decoder(features, tokens, keep_mask))
+        return TokenSegOutput(
+            logits,
+            tokenized.scores,
+            kept_indices,
+            keep_mask,
+            tokenized.vq_loss,
+            tokenized.content,
+            tokenized.code_indices,
         )
-        return self.head(self.decoder(features, tokens))
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+        """x: (B, in_channels, D, H, W) -> logits (B, out_channels, D, H, W).
+
+        In a training step (train mode, gradients enabled) the dictionary of
+        ``TokenSegOutput`` fields instead, for ``TokenSegLoss``. Train mode
+        under ``torch.no_grad`` (dropout sampling) returns logits.
+        """
+        output = self.forward_tokens(x)
+        if self.training and torch.is_grad_enabled():
+            return {
+                "logits": output.logits,
+                "scores": output.scores,
+                "kept_indices": output.kept_indices,
+                "keep_mask": output.keep_mask,
+                "vq_loss": output.vq_loss,
+                "content": output.content,
+                "code_indices": output.code_indices,
+            }
+        return output.logits
