@@ -25,18 +25,22 @@ def bundle_args(bundle: Path, *configs: str) -> list[str]:
     files = [str(bundle / "configs" / c) for c in configs]
     config_file = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
     return [
+        "--bundle_root", str(bundle),
         "--meta_file", str(bundle / "configs" / "metadata.json"),
         "--config_file", config_file,
         "--logging_file", str(bundle / "configs" / "logging.conf"),
     ]
 
 
-def run(cmd: list[str], timeout: int = 900, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command with the test's Python (in ``env``, default this one's); its output is returned (and shown
-    when it fails)."""
+def run(
+    cmd: list[str], timeout: int = 900, check: bool = True, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command (in ``env``, default this one's, and ``cwd``); its output is returned (and shown when it fails)."""
     env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     # utf-8 whatever the locale: ignite's progress bar draws with block characters
-    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env)
+    proc = subprocess.run(
+        cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env, cwd=cwd
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -89,7 +89,8 @@ def test_evaluation_writes_metrics(trained_bundle, demo_dir, small_datalist):
     assert len(per_case) == 1 + 2  # header and the 2 test cases
 
 
-def test_multi_gpu_config_trains_with_torchrun_on_cpu(tmp_path, demo_dir, small_datalist):
+@pytest.mark.parametrize("attempt", range(10))  # once, rank 1 aborted after training: it must not flake
+def test_multi_gpu_config_trains_with_torchrun_on_cpu(tmp_path, demo_dir, small_datalist, attempt):
     bundle = copy_bundle(tmp_path / "bundle")
     proc = run([
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
@@ -98,29 +99,3 @@ def test_multi_gpu_config_trains_with_torchrun_on_cpu(tmp_path, demo_dir, small_
     ])
     assert (bundle / "models" / "model.pt").is_file()
     assert "val_mean_dice" in proc.stdout + proc.stderr
-
-
-def test_model_zoo_checks_pass_offline(trained_bundle, tmp_path):
-    bundle, _ = trained_bundle
-    configs = bundle / "configs"
-    metadata, schema = str(configs / "metadata.json"), str(configs / "meta_schema.json")
-    monai_bundle("verify_metadata", "--meta_file", metadata, "--filepath", schema)
-    monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
-                 "--config_file", str(configs / "inference.json"))
-    exported = tmp_path / "model.ts"
-    monai_bundle(
-        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(bundle / "models" / "model.pt"),
-        "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
-        "--key_in_ckpt", "model", "--use_trace", "True", "--input_shape", "[1, 3, 64, 64, 32]",
-    )
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(configs / "inference.json"))
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
-    network.eval()
-    scripted = torch.jit.load(str(exported))
-    x = torch.randn(1, 3, 64, 64, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), network(x), atol=1e-4, rtol=1e-4)

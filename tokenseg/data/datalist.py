@@ -61,7 +61,10 @@ def load_datalist(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     datalist_path = Path(datalist) if datalist else Path(dataset_dir) / "dataset.json"
     if not datalist_path.is_file():
-        raise FileNotFoundError(f"{datalist_path}: datalist not found (dataset_dir is {dataset_dir}).")
+        raise FileNotFoundError(
+            f"{datalist_path}: datalist not found (dataset_dir is {dataset_dir}); for the demo dataset, the TokenSeg "
+            "bundle's `python -m monai.bundle run demo_data` step writes it there."
+        )
     try:
         content = json.loads(datalist_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
