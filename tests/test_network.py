@@ -1,6 +1,9 @@
 """TokenSeg network: shapes, token selection, gradients, side-effect-free forward passes, TorchScript, bad input."""
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +248,10 @@ def test_decomposed_blocks_and_dropout(dropout):
     with torch.no_grad():
         differ = not torch.equal(net(x), net(x))
     assert differ == (dropout > 0)  # what MONAI Label's epistemic scoring relies on
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs its CUDA checks instead")
+def test_cuda_check_script_says_it_skipped_on_the_cpu():
+    script = Path(__file__).resolve().parents[1] / "tools" / "check_cuda.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no CUDA device"), proc.stderr

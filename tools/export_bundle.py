@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder to write the bundle into (as OUT/NAME)")
     parser.add_argument("--source", type=Path, default=Path(__file__).resolve().parents[1] / "bundle")
-    parser.add_argument("--name", default="tokenseg_breast_dce_mri_segmentation", help="the bundle folder name (its zoo name)")
+    parser.add_argument("--name", default="tokenseg_breast_dce_mri_segmentation", help="the bundle's zoo name")
     args = parser.parse_args(argv)
     if not (args.source / "configs" / "metadata.json").is_file():
         sys.exit(f"{args.source}: not a bundle (no configs/metadata.json)")
