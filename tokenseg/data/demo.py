@@ -22,21 +22,15 @@ deterministic: case ``i`` always comes from seed ``i``.
 
 from __future__ import annotations
 
-import fcntl
-import json
-import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["DEMO_VERSION", "DEMO_SPLITS", "default_demo_dir", "ensure_demo_dataset", "make_case"]
+from tokenseg.data.generated import ensure_generated, write_decathlon
 
-logger = logging.getLogger(__name__)
+__all__ = ["DEMO_VERSION", "DEMO_SPLITS", "default_demo_dir", "ensure_demo_dataset", "make_case"]
 
 DEMO_VERSION = 1
 DEMO_SHAPE = (96, 96, 48)
@@ -128,65 +122,20 @@ def make_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_dataset(folder: Path) -> None:
-    affine = np.diag([*DEMO_SPACING, 1.0])
-    entries: dict[str, list] = {split: [] for split in DEMO_SPLITS}
-    seed = 0
-    for split, count in DEMO_SPLITS.items():
-        image_dir, label_dir = ("imagesTs", "labelsTs") if split == "test" else ("imagesTr", "labelsTr")
-        (folder / image_dir).mkdir(exist_ok=True)
-        (folder / label_dir).mkdir(exist_ok=True)
-        for _ in range(count):
-            name = f"breast_{seed:03d}.nii.gz"
-            image, label = make_case(seed)
-            nib.save(nib.Nifti1Image(image, affine), folder / image_dir / name)
-            nib.save(nib.Nifti1Image(label, affine), folder / label_dir / name)
-            entries[split].append({"image": f"./{image_dir}/{name}", "label": f"./{label_dir}/{name}"})
-            seed += 1
-    description = {
+    header = {
         "name": "TokenSeg demo: synthetic breast DCE-MRI",
         "description": __doc__.split("\n\n")[0],
         "tokenseg_demo_version": DEMO_VERSION,
         "tensorImageSize": "4D",
         "modality": {str(i): phase for i, phase in enumerate(PHASES)},
         "labels": {"0": "background", "1": "lesion"},
-        "numTraining": DEMO_SPLITS["training"] + DEMO_SPLITS["validation"],
-        "numTest": DEMO_SPLITS["test"],
-        **entries,
     }
-    (folder / "dataset.json").write_text(json.dumps(description, indent=2))
-
-
-def _demo_version(datalist: Path) -> int | None:
-    """The demo version recorded in a ``dataset.json``, or None when it is not a TokenSeg demo's."""
-    try:
-        return json.loads(datalist.read_text()).get("tokenseg_demo_version")
-    except (OSError, ValueError, AttributeError):
-        return None
+    write_decathlon(folder, make_case, DEMO_SPLITS, DEMO_SPACING, "breast", header)
 
 
 def ensure_demo_dataset(dataset_dir: str | os.PathLike | None = None) -> str:
-    """Return the demo dataset's folder, generating it first if it is missing or out of date.
+    """Return the demo dataset's folder (default ``default_demo_dir()``), generating it first if missing or out of date.
 
-    Safe when several processes (e.g. ``torchrun`` ranks) call it at once: one
-    generates under a lock into a temporary folder and moves it into place.
+    Safe when several processes (e.g. ``torchrun`` ranks) call it at once; never replaces another dataset.
     """
-    folder = Path(dataset_dir) if dataset_dir else default_demo_dir()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        datalist = folder / "dataset.json"
-        version = _demo_version(datalist)
-        if version == DEMO_VERSION:
-            return str(folder)
-        if version is None and folder.exists() and any(folder.iterdir()):
-            raise FileExistsError(f"{folder} exists and is not a TokenSeg demo dataset; not overwriting it.")
-        logger.info(f"generating the TokenSeg demo dataset in {folder} ({sum(DEMO_SPLITS.values())} cases)")
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
-            _write_dataset(staging)
-            if folder.exists():
-                shutil.rmtree(folder)
-            staging.rename(folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return str(folder)
+    return ensure_generated(dataset_dir or default_demo_dir(), "tokenseg_demo_version", DEMO_VERSION, _write_dataset)
