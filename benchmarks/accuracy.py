@@ -1,17 +1,23 @@
-"""Accuracy at an equal budget: each model trained through the same bundle pipeline, then tested.
+"""Accuracy at an equal budget: each model trained through the same bundle pipeline, then tested, with several seeds.
 
-Every model is trained with the bundle's own ``train.json`` (same demo data,
+Every model is trained with the bundle's own ``train.json`` (same data,
 patch, augmentation, optimiser, schedule and number of optimisation steps),
 only ``network_def`` (built by ``tokenseg.bench.models.build_model``, the
 same settings as the speed benchmark) and, for the baselines, the loss
 (MONAI's ``DiceCELoss`` in place of ``TokenSegLoss``) differ. Then the
-bundle's ``evaluate.json`` measures Dice, IoU and HD95 on the demo's test
-split. Each run is the real ``python -m monai.bundle`` command in its own
-process, on a copy of the bundle.
+bundle's ``evaluate.json`` measures Dice, IoU and HD95 on the test split.
+Each run is the real ``python -m monai.bundle`` command in its own process,
+on a copy of the bundle, with the bundle's ``seed`` set per run.
 
-    python benchmarks/accuracy.py --epochs 15 --out runs/accuracy
+Datasets (``--dataset``): ``demo`` (the bundle's synthetic breast DCE-MRI,
+3 channels, large lesions) and ``small_targets`` (single-channel, one small
+low-contrast lesion of 0.1-0.5% of the voxels, 0.8 x 0.8 x 5 mm;
+``tokenseg.data.small_targets``).
 
-Writes ``accuracy.json`` and ``accuracy.md`` to ``--out``; pass the JSON to
+    python benchmarks/accuracy.py --dataset small_targets --epochs 25 --seeds 0 1 2 --out runs/accuracy_small
+
+Writes ``accuracy.json`` and ``accuracy.md`` to ``--out`` (mean and standard
+deviation over the seeds, and every seed's figures); pass the JSON to
 ``python -m tokenseg.bench --accuracy`` for the Dice-memory Pareto plot.
 """
 
@@ -22,6 +28,7 @@ import csv
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -31,9 +38,21 @@ from monai.bundle import ConfigParser
 
 from tokenseg.bench.models import MODEL_SETTINGS, MODELS
 from tokenseg.bench.tables import accuracy_table
+from tokenseg.data.datalist import load_datalist
 from tokenseg.data.demo import ensure_demo_dataset
+from tokenseg.data.small_targets import SMALL_TARGET_SPACING, ensure_small_target_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+
+# name -> (generator, bundle overrides for its images, description)
+DATASETS = {
+    "demo": (ensure_demo_dataset, {}, "TokenSeg demo: synthetic breast DCE-MRI, 3 channels"),
+    "small_targets": (
+        ensure_small_target_dataset,
+        {"in_channels": 1, "pixdim": list(SMALL_TARGET_SPACING), "patch_size": [64, 64, 16]},
+        "TokenSeg small targets: 1 channel, one lesion of 0.1-0.5% of the voxels, 0.8 x 0.8 x 5 mm",
+    ),
+}
 
 
 def bundle_run(bundle: Path, run_id: str, configs: list[str], args_file: Path, log: Path) -> str:
@@ -52,9 +71,9 @@ def bundle_run(bundle: Path, run_id: str, configs: list[str], args_file: Path, l
     return log.read_text()
 
 
-def overrides(model: str, bundle: Path, dataset_dir: str, epochs: int) -> dict:
+def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: int, seed: int) -> dict:
     args = {"bundle_root": str(bundle), "dataset_dir": dataset_dir, "epochs": epochs, "val_interval": epochs,
-            "num_workers": 0}
+            "num_workers": 0, "seed": seed, **DATASETS[dataset][1]}
     if model == "tokenseg":
         return args  # the bundle as shipped
     parser = ConfigParser()
@@ -76,22 +95,61 @@ def write_report(report: dict, out: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
+def train_and_test(model: str, run_dir: Path, args_file: Path) -> dict:
+    """One training run and its test evaluation in ``run_dir``; the figures of the test split."""
+    bundle = run_dir / "bundle"
+    shutil.rmtree(bundle, ignore_errors=True)
+    shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "data"))
+    start = time.time()
+    log = bundle_run(bundle, "training", ["train.json"], args_file, run_dir / "train.log")
+    seconds = time.time() - start
+    bundle_run(bundle, "evaluating", ["train.json", "evaluate.json"], args_file, run_dir / "evaluate.log")
+    with open(bundle / "eval" / "metrics.csv") as f:
+        metrics = {name: float(value) for name, value in csv.reader(f)}
+    result = {
+        "test_dice": metrics["val_mean_dice"],
+        "test_iou": metrics["val_mean_iou"],
+        "test_hd95_mm": metrics["val_hd95"],
+        "train_seconds": round(seconds, 1),
+    }
+    hit_rates = re.findall(r"boundary_hit_rate: ([0-9.]+)", log)
+    if hit_rates:
+        result["boundary_hit_rate_last_epoch"] = float(hit_rates[-1])
+    return result
+
+
+def summarise(per_seed: dict[str, dict]) -> dict:
+    """Mean (and standard deviation over seeds, ``<name>_sd``) of every figure, with the seeds' own figures."""
+    summary: dict = {"per_seed": per_seed}
+    for name in next(iter(per_seed.values())):
+        values = [r[name] for r in per_seed.values() if name in r]
+        summary[name] = round(statistics.fmean(values), 4)
+        if len(values) > 1:
+            summary[f"{name}_sd"] = round(statistics.stdev(values), 4)
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "tokenseg_dense"], choices=list(MODELS))
+    parser.add_argument("--dataset", choices=list(DATASETS), default="demo")
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "accuracy")
     parser.add_argument("--update", action="store_true",
                         help="keep the other models of --out/accuracy.json (same budget) and add or replace these")
     args = parser.parse_args()
-    dataset_dir = ensure_demo_dataset()
+    generate, _, description = DATASETS[args.dataset]
+    dataset_dir = generate()
     args.out.mkdir(parents=True, exist_ok=True)
     train_config = ConfigParser.load_config_file(str(REPO / "bundle" / "configs" / "train.json"))
-    iterations = -(-16 // train_config["batch_size"])  # 16 training cases, the last batch may be short
+    training_cases = len(load_datalist(dataset_dir, "training", val_fraction=train_config["val_fraction"]))
+    iterations = -(-training_cases // train_config["batch_size"])  # the last batch may be short
     report = {
-        "dataset": "TokenSeg demo (16 training, 4 test cases)",
-        "patch_size": train_config["patch_size"],
+        "dataset": f"{description} ({training_cases} training cases)",
+        "patch_size": DATASETS[args.dataset][1].get("patch_size", train_config["patch_size"]),
         "epochs": args.epochs,
+        "seeds": args.seeds,
         "optimisation_steps": args.epochs * iterations,
         "patches_per_step": train_config["batch_size"] * train_config["num_samples"],
         "settings": {m: MODEL_SETTINGS[m] for m in args.models},
@@ -100,36 +158,24 @@ def main() -> None:
     saved = args.out / "accuracy.json"
     if args.update and saved.is_file():
         previous = json.loads(saved.read_text())
-        if previous["optimisation_steps"] != report["optimisation_steps"]:
-            parser.error(f"--update: {saved} was measured at {previous['optimisation_steps']} optimisation steps, "
-                         f"not {report['optimisation_steps']}")
+        if (previous["optimisation_steps"], previous["dataset"]) != (report["optimisation_steps"], report["dataset"]):
+            parser.error(f"--update: {saved} was measured at {previous['optimisation_steps']} optimisation steps on "
+                         f"{previous['dataset']}")
         report["models"] = previous["models"]
         report["settings"] = {**previous["settings"], **report["settings"]}
     for model in args.models:
-        bundle = args.out / model / "bundle"
-        shutil.rmtree(bundle, ignore_errors=True)
-        shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval"))
-        args_file = args.out / model / "overrides.json"
-        args_file.write_text(json.dumps(overrides(model, bundle, dataset_dir, args.epochs), indent=2))
-        print(f"{model}: training {args.epochs} epochs (progress in {args.out / model / 'train.log'})", flush=True)
-        start = time.time()
-        log = bundle_run(bundle, "training", ["train.json"], args_file, args.out / model / "train.log")
-        seconds = time.time() - start
-        bundle_run(bundle, "evaluating", ["train.json", "evaluate.json"], args_file, args.out / model / "evaluate.log")
-        with open(bundle / "eval" / "metrics.csv") as f:
-            metrics = {name: float(value) for name, value in csv.reader(f)}
-        result = {
-            "test_dice": metrics["val_mean_dice"],
-            "test_iou": metrics["val_mean_iou"],
-            "test_hd95_mm": metrics["val_hd95"],
-            "train_seconds": round(seconds, 1),
-        }
-        hit_rates = re.findall(r"boundary_hit_rate: ([0-9.]+)", log)
-        if hit_rates:
-            result["boundary_hit_rate_last_epoch"] = float(hit_rates[-1])
-        report["models"][model] = result
-        print(model, result, flush=True)
-        write_report(report, args.out)  # after every model: a long run stopped midway keeps what it measured
+        per_seed = {}
+        for seed in args.seeds:
+            run_dir = args.out / model / f"seed_{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            args_file = run_dir / "overrides.json"
+            args_file.write_text(json.dumps(
+                overrides(model, run_dir / "bundle", args.dataset, dataset_dir, args.epochs, seed), indent=2))
+            print(f"{model} seed {seed}: training {args.epochs} epochs (progress in {run_dir / 'train.log'})", flush=True)
+            per_seed[str(seed)] = train_and_test(model, run_dir, args_file)
+            print(model, seed, per_seed[str(seed)], flush=True)
+            report["models"][model] = summarise(per_seed)
+            write_report(report, args.out)  # after every run: a long run stopped midway keeps what it measured
 
 
 if __name__ == "__main__":

@@ -90,3 +90,17 @@ def test_profile_times_every_part_of_tokenseg():
     assert all(ms > 0 for ms in figures["modules_ms"].values())
     assert sum(figures["modules_ms"].values()) <= figures["total_ms"]
     assert "conv" in figures["operators"]  # slow_conv3d_forward or mkldnn_convolution, by input size
+
+
+def test_accuracy_over_seeds_reports_mean_and_spread():
+    from benchmarks.accuracy import summarise
+    from tokenseg.bench.tables import accuracy_table
+
+    per_seed = {str(s): {"test_dice": d, "test_iou": d - 0.1, "test_hd95_mm": 2.0, "train_seconds": 10.0}
+                for s, d in enumerate([0.80, 0.84, 0.88])}
+    result = summarise(per_seed)
+    assert result["test_dice"] == pytest.approx(0.84) and result["test_dice_sd"] == pytest.approx(0.04)
+    assert result["per_seed"] == per_seed
+    table = accuracy_table({"dataset": "small", "patch_size": [64, 64, 16], "epochs": 25, "seeds": [0, 1, 2],
+                            "optimisation_steps": 150, "patches_per_step": 4, "models": {"unet": result}})
+    assert "3 seed(s)" in table[0] and "| unet | 0.840 ± 0.040 |" in table[-1]
