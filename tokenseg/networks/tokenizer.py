@@ -79,9 +79,9 @@ class TokenCodebook(EMAQuantizer):
         commitment_cost: weight of the commitment term ||t - sg[c]||^2.
         decay: decay of the EMA statistics.
         dead_code_threshold: codes whose EMA usage falls below this are
-            restarted on random tokens of the batch; with the usage starting
-            at zero, the first update initialises the unused codebook from data
-            (a normal-initialised codebook collapses onto a few codes).
+            restarted on random tokens of the batch; the first update puts every
+            code on the batch's tokens (a normal-initialised codebook collapses
+            onto a few codes).
     """
 
     def __init__(
@@ -117,6 +117,11 @@ class TokenCodebook(EMAQuantizer):
         restarted codes come from rank 0, so every rank keeps the same codebook.
         """
         flat = tokens.detach().reshape(-1, tokens.shape[-1]).float()
+        if not bool(self.ema_cluster_size.any()):
+            # First step: the codes were random, so are this batch's assignments; an EMA step from empty
+            # statistics would divide by ~0 and throw the used codes far away. Start every code on the data.
+            self._restart_dead_codes(flat)
+            return
         encodings = nn.functional.one_hot(code_indices.reshape(-1), self.num_embeddings).float()
         encodings_sum = encodings.sum(0)
         dw = encodings.t() @ flat
