@@ -76,12 +76,15 @@ def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: 
             "num_workers": 0, "seed": seed, **DATASETS[dataset][1]}
     if model == "tokenseg":
         return args  # the bundle as shipped
+    network = f"$tokenseg.bench.models.build_model('{model}', @in_channels, @out_channels, @patch_size)"
+    if model.startswith("tokenseg"):  # a TokenSeg variant: the bundle's own loss and diagnostics
+        return {**args, "network_def": network}
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
     handlers = [h for h in parser["train"]["handlers"] if h["_target_"] != "tokenseg.handlers.TokenSegDiagnostics"]
     return {
         **args,
-        "network_def": f"$tokenseg.bench.models.build_model('{model}', @in_channels, @out_channels, @patch_size)",
+        "network_def": network,
         "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
         "train#handlers": handlers,
     }
@@ -131,7 +134,8 @@ def summarise(per_seed: dict[str, dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "tokenseg_dense"], choices=list(MODELS))
+    baselines = ["tokenseg", "unet", "segresnet", "unetr", "swinunetr"]
+    parser.add_argument("--models", nargs="+", default=baselines, choices=list(MODELS))
     parser.add_argument("--dataset", choices=list(DATASETS), default="demo")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

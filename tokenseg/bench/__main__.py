@@ -286,7 +286,7 @@ def merge(saved: dict, new: list[dict], models: Sequence[str]) -> tuple[list[dic
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "tokenseg_wide"], choices=list(MODELS))
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 160], help="cubic sizes for scaling")
     parser.add_argument("--demo-patch", type=int, nargs=3, default=[64, 64, 32])
     parser.add_argument("--volumes", type=str, nargs="*", default=["96x96x48", "256x256x128"],

@@ -21,6 +21,7 @@ Builder = Callable[[int, int, Sequence[int]], nn.Module]
 MODELS: dict[str, Builder] = {
     "tokenseg": lambda i, o, s: TokenSeg(i, o, img_size=s),
     "tokenseg_dense": lambda i, o, s: TokenSeg(i, o, img_size=s, selection="all"),
+    "tokenseg_wide": lambda i, o, s: TokenSeg(i, o, img_size=s, widths=(32, 64, 128, 256)),
     "unet": lambda i, o, s: UNet(
         3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
     ),
@@ -32,6 +33,7 @@ MODELS: dict[str, Builder] = {
 MODEL_SETTINGS: dict[str, str] = {
     "tokenseg": "TokenSeg defaults: widths 16/32/64/128, up to 100 tokens per level (400 at 96^3), K=100, codebook 4096",
     "tokenseg_dense": "TokenSeg defaults with selection='all' (K = N, the dense ablation)",
+    "tokenseg_wide": "TokenSeg defaults with the encoder widths of the original design, 32/64/128/256",
     "unet": "UNet channels 16..256, strides 2, 2 residual units, batch norm (spleen_ct_segmentation)",
     "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",
     "unetr": "UNETR feature_size 16, hidden 768, 12 heads, patch 16",
