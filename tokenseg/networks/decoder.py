@@ -69,12 +69,14 @@ class TokenInjection(nn.Module):
     def __init__(self, token_dim: int, channels: int, grid: Sequence[int]) -> None:
         super().__init__()
         self.grid: List[int] = [int(g) for g in grid]
-        self.reproject = nn.Linear(token_dim, channels)
+        # No bias: a dropped cell adds nothing, and a kept cell adds only what its token says (a bias
+        # would paint a blocky kept/dropped pattern into the features).
+        self.reproject = nn.Linear(token_dim, channels, bias=False)
         self.gate = nn.Parameter(torch.full((channels,), 0.1))
 
     def forward(self, feature: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """feature (B, C, D_l, H_l, W_l); tokens (B, N_l, E); keep (B, N_l), 0 on dropped tokens."""
-        values = self.reproject(tokens) * keep[..., None].to(tokens.dtype)  # (B, N_l, C); no bias in dropped cells
+        values = self.reproject(tokens) * keep[..., None].to(tokens.dtype)  # (B, N_l, C), zero in dropped cells
         cells = values.transpose(1, 2).reshape(feature.shape[0], -1, self.grid[0], self.grid[1], self.grid[2])
         painted = expand_cells(cells, list(feature.shape[2:]))  # (B, C, D_l, H_l, W_l)
         return feature + torch.tanh(self.gate).view(1, -1, 1, 1, 1) * painted
