@@ -80,7 +80,7 @@ def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: 
     if model.startswith("tokenseg"):  # a TokenSeg variant: the bundle's own loss and diagnostics
         return {**args, "network_def": network}
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.read_config(str(REPO / "bundle" / "configs" / "train.json"))  # the handlers every copy starts from
     handlers = [h for h in parser["train"]["handlers"] if h["_target_"] != "tokenseg.handlers.TokenSegDiagnostics"]
     return {
         **args,
