@@ -76,7 +76,7 @@ def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: 
             "num_workers": 0, "seed": seed, **DATASETS[dataset][1]}
     if model == "tokenseg":
         return args  # the bundle as shipped
-    network = f"$tokenseg.bench.models.build_model('{model}', @in_channels, @out_channels, @patch_size)"
+    network = f"$tokenseg.bench.models.build_model('{model}', @in_channels, @out_channels, @patch_size, @pixdim)"
     if model.startswith("tokenseg"):  # a TokenSeg variant: the bundle's own loss and diagnostics
         return {**args, "network_def": network}
     parser = ConfigParser()

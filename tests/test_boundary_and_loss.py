@@ -1,11 +1,13 @@
 """Boundary band, token boundary targets, the loss terms and the boundary hit rate."""
 
+import math
+
 import pytest
 import torch
 
 from tokenseg.boundary import boundary_band, token_boundary_targets
 from tokenseg.losses import TokenSegLoss
-from tokenseg.metrics import boundary_hit_rate
+from tokenseg.metrics import boundary_hit_rate, boundary_hit_rate_per_level
 from tokenseg.networks.cells import choose_grid, expand_cells, pool_to_cells
 
 from conftest import tiny_tokenseg
@@ -108,3 +110,18 @@ def test_boundary_hit_rate_counts_kept_tokens_on_the_band():
     with torch.no_grad():
         dense_out = dense.forward_tokens(torch.randn(1, 1, 32, 32, 32))
     assert boundary_hit_rate(dense_out.kept_indices, label, dense.grids).item() == pytest.approx(share_on_band)
+
+
+def test_boundary_hit_rate_per_level():
+    label = cube_label(lo=8, hi=20)
+    dense = tiny_tokenseg(selection="all").eval()
+    with torch.no_grad():
+        kept = dense.forward_tokens(torch.randn(1, 1, 32, 32, 32)).kept_indices
+    targets = token_boundary_targets(boundary_band(label), dense.grids)
+    per_level = boundary_hit_rate_per_level(kept, label, dense.grids)
+    expected = [level.mean().item() for level in targets[0].split([math.prod(g) for g in dense.grids])]
+    assert per_level.tolist() == pytest.approx(expected)
+    # a level none of whose tokens was kept has no rate
+    first_level_only = torch.arange(10)[None]
+    rates = boundary_hit_rate_per_level(first_level_only, label, dense.grids)
+    assert rates[0].item() == pytest.approx(targets[0, :10].mean().item()) and rates[1:].isnan().all()

@@ -1,10 +1,15 @@
 """The network can learn: fit one synthetic lesion, through the same code the demo runs."""
 
+import pytest
+
+from tokenseg.bench.learning import fit_small_target
 from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.demo import evaluate_volume, fit_volume
 from tokenseg.uncertainty import boundary_token_entropy
 
 from conftest import tiny_tokenseg
+
+STEPS_TO_FIT = 300
 
 
 def test_fits_one_lesion_and_keeps_boundary_tokens():
@@ -22,3 +27,11 @@ def test_fits_one_lesion_and_keeps_boundary_tokens():
     assert after["boundary_hit_rate"] > 0.6, after
     # and it is surer of the boundaries it has learnt
     assert boundary_token_entropy(net, image, (32, 32, 32)) < entropy_before
+
+
+@pytest.mark.parametrize("model", ["unet", "tokenseg"])
+def test_fits_a_small_target_like_unet(model):
+    # one case of the small-target set (a lesion of 0.2% of the voxels, contrast-to-noise near 2), the
+    # bundle's recipe: the test MONAI's UNet passes, TokenSeg must pass too
+    curve = fit_small_target(model, steps=STEPS_TO_FIT, seed=0, eval_every=STEPS_TO_FIT)
+    assert curve[-1][1] > 0.8, curve

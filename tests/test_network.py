@@ -1,6 +1,7 @@
 """TokenSeg network: shapes, token selection, gradients, side-effect-free forward passes, TorchScript, bad input."""
 
 import itertools
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +33,20 @@ def test_output_shape(size, in_channels, out_channels, batch):
     assert 1 <= cells[..., 0].min() and cells[..., 0].max() <= len(net.grids)
 
 
+@pytest.mark.parametrize("size", [(96, 96, 96), (64, 64, 32), (64, 64, 16)])
+def test_default_grids_are_hierarchical(size):
+    # 400 candidates on four distinct grids, fine cells on fine levels, K = 100, at 96^3 and at the patches
+    net = TokenSeg(in_channels=1, out_channels=2, img_size=size)
+    assert net.num_tokens == 400 and net.num_kept_tokens == 100
+    assert [g[0] * g[1] * g[2] for g in net.grids] == [256, 96, 32, 16]
+    assert len({tuple(g) for g in net.grids}) == 4
+    cell_voxels = [2**level * 2**level * 2**level * math.prod(s // 2**level for s in size) / math.prod(g)
+                   for level, g in enumerate(net.grids, start=1)]
+    assert cell_voxels == sorted(cell_voxels) and cell_voxels[-1] >= 8 * cell_voxels[0]
+
+
 def test_default_network_paper_sizes():
     net = TokenSeg(in_channels=1, out_channels=2, img_size=(96, 96, 96))
-    assert net.num_tokens == 400 and net.num_kept_tokens == 100
-    assert all(sorted(g) == [4, 5, 5] for g in net.grids)
     assert net.tokenizer.codebook.num_embeddings == 4096
     with torch.no_grad():
         y = net.eval()(torch.randn(1, 1, 96, 96, 96))
@@ -52,7 +63,7 @@ def test_training_step_on_non_cubic_patch():
 
 
 def test_small_patch_caps_cells_per_level():
-    # at 32^3 the deepest level has 2x2x2 positions: it gets 8 cells, not 100
+    # at 32^3 the deepest level has 2x2x2 positions: it gets 8 cells, not 16
     net = tiny_tokenseg(img_size=(32, 32, 32))
     assert net.grids[-1] == [2, 2, 2]
     for level, grid in enumerate(net.grids, start=1):

@@ -18,7 +18,7 @@ from monai.handlers import CheckpointSaver, HausdorffDistance
 from monai.utils import CommonKeys
 
 from tokenseg.losses import TokenSegLoss
-from tokenseg.metrics import boundary_hit_rate, codebook_perplexity
+from tokenseg.metrics import boundary_hit_rate, boundary_hit_rate_per_level, codebook_perplexity
 
 __all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver", "PhysicalHausdorffDistance"]
 
@@ -30,8 +30,9 @@ class TokenSegDiagnostics:
     while the trainer's output still holds the network's training output) it
     reads each loss term (``loss_dice_ce``, ``loss_vq``, ``loss_boundary``,
     ``loss_total``), the codebook perplexity and the boundary hit rate of the
-    kept tokens; at the end of the epoch their means land in
-    ``engine.state.metrics``, where MONAI's ``StatsHandler`` and
+    kept tokens, overall and per level (``boundary_hit_rate_level1``, ...,
+    over the batches that kept tokens of that level); at the end of the
+    epoch their means land in ``engine.state.metrics``, where MONAI's ``StatsHandler`` and
     ``TensorBoardStatsHandler`` log them. Attach it before those handlers.
 
     Args:
@@ -43,7 +44,7 @@ class TokenSegDiagnostics:
         self.loss_function = loss_function
         self.label_key = label_key
         self._sums: dict[str, float] = defaultdict(float)
-        self._count = 0
+        self._counts: dict[str, int] = defaultdict(int)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -52,7 +53,7 @@ class TokenSegDiagnostics:
 
     def _reset(self, engine: Engine) -> None:
         self._sums.clear()
-        self._count = 0
+        self._counts.clear()
 
     @torch.no_grad()
     def _accumulate(self, engine: Engine) -> None:
@@ -64,13 +65,17 @@ class TokenSegDiagnostics:
         ).item()
         label = engine.state.batch[self.label_key]
         values["boundary_hit_rate"] = boundary_hit_rate(output["kept_indices"], label, network.grids).item()
+        per_level = boundary_hit_rate_per_level(output["kept_indices"], label, network.grids)
+        for level, rate in enumerate(per_level.tolist(), start=1):
+            if rate == rate:  # NaN when no token of the level was kept
+                values[f"boundary_hit_rate_level{level}"] = rate
         for name, value in values.items():
             self._sums[name] += value
-        self._count += 1
+            self._counts[name] += 1
 
     def _publish(self, engine: Engine) -> None:
         for name, total in self._sums.items():
-            engine.state.metrics[name] = total / max(self._count, 1)
+            engine.state.metrics[name] = total / self._counts[name]
 
 
 class _ReplacingDiskSaver(BaseSaveHandler):

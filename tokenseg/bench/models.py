@@ -1,8 +1,10 @@
 """The networks the benchmark compares, built with comparable settings.
 
-Every builder takes ``(in_channels, out_channels, img_size)`` and returns a
-network mapping (B, in_channels, *img_size) to logits (B, out_channels, *img_size).
-The settings are the ones MONAI's model zoo uses for these networks.
+Every builder takes ``(in_channels, out_channels, img_size, spacing)`` and
+returns a network mapping (B, in_channels, *img_size) to logits
+(B, out_channels, *img_size). The settings are the ones MONAI's model zoo
+uses for these networks, and nnU-Net's plan for its ResEnc M (the only one
+that reads the spacing).
 """
 
 from __future__ import annotations
@@ -12,22 +14,24 @@ from collections.abc import Callable, Sequence
 from monai.networks.nets import UNETR, SegResNet, SwinUNETR, UNet
 from torch import nn
 
+from tokenseg.bench.nnunet import resenc_m
 from tokenseg.networks import TokenSeg
 
 __all__ = ["MODELS", "MODEL_SETTINGS", "build_model"]
 
-Builder = Callable[[int, int, Sequence[int]], nn.Module]
+Builder = Callable[[int, int, Sequence[int], Sequence[float]], nn.Module]
 
 MODELS: dict[str, Builder] = {
-    "tokenseg": lambda i, o, s: TokenSeg(i, o, img_size=s),
-    "tokenseg_dense": lambda i, o, s: TokenSeg(i, o, img_size=s, selection="all"),
-    "tokenseg_wide": lambda i, o, s: TokenSeg(i, o, img_size=s, widths=(32, 64, 128, 256)),
-    "unet": lambda i, o, s: UNet(
+    "tokenseg": lambda i, o, s, sp: TokenSeg(i, o, img_size=s),
+    "tokenseg_dense": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, selection="all"),
+    "tokenseg_wide": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, widths=(32, 64, 128, 256)),
+    "unet": lambda i, o, s, sp: UNet(
         3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
     ),
-    "segresnet": lambda i, o, s: SegResNet(3, init_filters=8, in_channels=i, out_channels=o),
-    "unetr": lambda i, o, s: UNETR(i, o, img_size=s, feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12),
-    "swinunetr": lambda i, o, s: SwinUNETR(i, o, feature_size=48),
+    "segresnet": lambda i, o, s, sp: SegResNet(3, init_filters=8, in_channels=i, out_channels=o),
+    "unetr": lambda i, o, s, sp: UNETR(i, o, img_size=s, feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12),
+    "swinunetr": lambda i, o, s, sp: SwinUNETR(i, o, feature_size=48),
+    "resenc_m": resenc_m,
 }
 
 MODEL_SETTINGS: dict[str, str] = {
@@ -38,10 +42,13 @@ MODEL_SETTINGS: dict[str, str] = {
     "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",
     "unetr": "UNETR feature_size 16, hidden 768, 12 heads, patch 16",
     "swinunetr": "SwinUNETR feature_size 48, window 7",
+    "resenc_m": "nnU-Net ResEnc M (dynamic-network-architectures ResidualEncoderUNet), planned for the patch and spacing",
 }
 
 
-def build_model(name: str, in_channels: int, out_channels: int, img_size: Sequence[int]) -> nn.Module:
+def build_model(
+    name: str, in_channels: int, out_channels: int, img_size: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}.")
-    return MODELS[name](in_channels, out_channels, tuple(img_size))
+    return MODELS[name](in_channels, out_channels, tuple(img_size), tuple(spacing))

@@ -72,8 +72,15 @@ class TokenSeg(nn.Module):
             3.7x the FLOPs at 96^3 (measured), most of it at stride 2.
         depths: blocks per level after the strided convolution (int or per level).
         block_type: ``"residual"`` (MONAI UnetResBlock) or ``"decomposed"`` (DCFormer).
-        tokens_per_level: requested cells (candidate tokens) per level; a
-            level gets at most as many as it has positions.
+        tokens_per_level: requested cells (candidate tokens) per level, finest
+            first; a level gets at most as many as it has positions. The
+            default (256, 96, 32, 16) puts 400 candidates on four distinct
+            grids, about halving the number of cells per coarser level: a
+            level-1 cell covers 1/16 of the volume of a level-4 cell (8^3
+            voxels against 32x16x16 at a 64x64x32 patch), so fine tokens can
+            place a boundary where coarse ones only say "somewhere here".
+            Each count factors into a grid at 96^3, 160^3, 64x64x32 and
+            64x64x16 alike, so N = 400 at all of them.
         num_kept_tokens: K, tokens kept after scoring.
         token_dim: token width E.
         codebook_size: VQ codebook entries M.
@@ -106,7 +113,7 @@ class TokenSeg(nn.Module):
         widths: Sequence[int] = (16, 32, 64, 128),
         depths: Sequence[int] | int = 1,
         block_type: str = "residual",
-        tokens_per_level: Sequence[int] | int = 100,
+        tokens_per_level: Sequence[int] | int = (256, 96, 32, 16),
         num_kept_tokens: int = 100,
         token_dim: int = 256,
         codebook_size: int = 4096,
