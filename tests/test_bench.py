@@ -104,3 +104,18 @@ def test_accuracy_over_seeds_reports_mean_and_spread():
     table = accuracy_table({"dataset": "small", "patch_size": [64, 64, 16], "epochs": 25, "seeds": [0, 1, 2],
                             "optimisation_steps": 150, "patches_per_step": 4, "models": {"unet": result}})
     assert "3 seed(s)" in table[0] and "| unet | 0.840 ± 0.040 |" in table[-1]
+
+
+def test_resenc_m_is_planned_like_nnunet_for_thick_slices():
+    from tokenseg.bench.nnunet import plan_resenc_m
+
+    # 0.8 x 0.8 x 5 mm: in-plane pooling and in-plane kernels until the spacing is within a factor 2, then 3D
+    plan = plan_resenc_m((64, 64, 16), (0.8, 0.8, 5.0))
+    assert plan["strides"] == [[1, 1, 1], [2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]]
+    assert plan["kernel_sizes"][:2] == [[3, 3, 1], [3, 3, 1]] and plan["kernel_sizes"][2:] == [[3, 3, 3]] * 3
+    assert plan["features_per_stage"] == [32, 64, 128, 256, 320] and plan["n_blocks_per_stage"] == [1, 3, 4, 6, 6]
+    # isotropic: pooled on every axis until the feature map would drop below 4 voxels
+    assert plan_resenc_m((96, 96, 96), (1.0, 1.0, 1.0))["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4
+    network = build_model("resenc_m", 1, 2, (32, 32, 16), spacing=(0.8, 0.8, 5.0)).eval()
+    with torch.no_grad():
+        assert network(torch.randn(1, 1, 32, 32, 16)).shape == (1, 2, 32, 32, 16)

@@ -90,7 +90,7 @@ def bundle(tmp_path_factory):
     bundle = copy_bundle(tmp_path_factory.mktemp("inputs") / "bundle")
     for channels in (1, 3):  # weights need not be trained to check geometry
         torch.manual_seed(channels)
-        net = TokenSeg(channels, 2, img_size=(64, 64, 32), tokens_per_level=100, num_kept_tokens=100)
+        net = TokenSeg(channels, 2, img_size=(64, 64, 32))
         torch.save(net.state_dict(), bundle / "models" / f"model_{channels}ch.pt")
     return bundle
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenseg.bench.models import MODEL_SETTINGS, MODELS
+from tokenseg.bench.models import ABLATIONS, MODEL_SETTINGS, MODELS
 from tokenseg.bench.tables import accuracy_table
 
 logger = logging.getLogger("tokenseg.bench")
@@ -286,7 +286,8 @@ def merge(saved: dict, new: list[dict], models: Sequence[str]) -> tuple[list[dic
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "tokenseg_wide"], choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m not in ABLATIONS], choices=list(MODELS),
+                        help="default: every model but the ablation variants (name them to measure them)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 160], help="cubic sizes for scaling")
     parser.add_argument("--demo-patch", type=int, nargs=3, default=[64, 64, 32])
     parser.add_argument("--volumes", type=str, nargs="*", default=["96x96x48", "256x256x128"],

@@ -17,14 +17,26 @@ from torch import nn
 from tokenseg.bench.nnunet import resenc_m
 from tokenseg.networks import TokenSeg
 
-__all__ = ["MODELS", "MODEL_SETTINGS", "build_model"]
+__all__ = ["ABLATIONS", "MODELS", "MODEL_SETTINGS", "build_model"]
+
+def _without_token_injection(network: TokenSeg) -> TokenSeg:
+    """The no-token ablation: every level's token gate fixed at 0, so the decoder never sees a token."""
+    for injection in network.decoder.injections:
+        injection.gate.data.zero_()
+        injection.gate.requires_grad_(False)
+    return network
+
 
 Builder = Callable[[int, int, Sequence[int], Sequence[float]], nn.Module]
 
 MODELS: dict[str, Builder] = {
     "tokenseg": lambda i, o, s, sp: TokenSeg(i, o, img_size=s),
     "tokenseg_dense": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, selection="all"),
-    "tokenseg_wide": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, widths=(32, 64, 128, 256)),
+    "tokenseg_random": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, selection="random"),
+    "tokenseg_no_tokens": lambda i, o, s, sp: _without_token_injection(TokenSeg(i, o, img_size=s)),
+    "tokenseg_codebook64": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=64),
+    "tokenseg_no_vq": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=0),
+    "tokenseg_narrow": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, widths=(16, 32, 64, 128)),
     "unet": lambda i, o, s, sp: UNet(
         3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
     ),
@@ -35,15 +47,23 @@ MODELS: dict[str, Builder] = {
 }
 
 MODEL_SETTINGS: dict[str, str] = {
-    "tokenseg": "TokenSeg defaults: widths 16/32/64/128, up to 100 tokens per level (400 at 96^3), K=100, codebook 4096",
+    "tokenseg": "TokenSeg defaults: widths 32/64/128/256, 400 candidate tokens on grids of 256/96/32/16 cells, K=100, "
+    "codebook 4096",
     "tokenseg_dense": "TokenSeg defaults with selection='all' (K = N, the dense ablation)",
-    "tokenseg_wide": "TokenSeg defaults with the encoder widths of the original design, 32/64/128/256",
+    "tokenseg_random": "TokenSeg defaults with selection='random' (K tokens drawn at random)",
+    "tokenseg_no_tokens": "TokenSeg defaults with the token injections' gates fixed at 0 (the token path is computed, unused)",
+    "tokenseg_codebook64": "TokenSeg defaults with a codebook of 64 codes instead of 4096",
+    "tokenseg_no_vq": "TokenSeg defaults without quantization (codebook_size=0)",
+    "tokenseg_narrow": "TokenSeg defaults with the widths of TokenSeg 0.3, 16/32/64/128",
     "unet": "UNet channels 16..256, strides 2, 2 residual units, batch norm (spleen_ct_segmentation)",
     "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",
     "unetr": "UNETR feature_size 16, hidden 768, 12 heads, patch 16",
     "swinunetr": "SwinUNETR feature_size 48, window 7",
     "resenc_m": "nnU-Net ResEnc M (dynamic-network-architectures ResidualEncoderUNet), planned for the patch and spacing",
 }
+
+# Variants of TokenSeg that differ from it in one component; the dense ablation and 0.3's widths are benchmarked always.
+ABLATIONS = ("tokenseg_random", "tokenseg_no_tokens", "tokenseg_codebook64", "tokenseg_no_vq")
 
 
 def build_model(

@@ -33,7 +33,7 @@ from torch import nn
 
 from tokenseg.networks.cells import pool_to_cells
 
-__all__ = ["BoundaryAwareTokenizer", "TokenCodebook", "TokenizerOutput", "sincos_cell_embedding"]
+__all__ = ["BoundaryAwareTokenizer", "NoCodebook", "TokenCodebook", "TokenizerOutput", "sincos_cell_embedding"]
 
 
 def sincos_cell_embedding(grids: Sequence[Sequence[int]], dim: int) -> torch.Tensor:
@@ -150,6 +150,21 @@ class TokenCodebook(EMAQuantizer):
                 dist.broadcast(tensor, src=0)
 
 
+class NoCodebook(nn.Module):
+    """The no-VQ ablation (``codebook_size=0``): tokens pass unquantized, one code index 0, no commitment loss."""
+
+    num_embeddings: int = 1
+
+    def forward(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, count = tokens.shape[0], tokens.shape[1]
+        code_indices = torch.zeros(batch, count, dtype=torch.long, device=tokens.device)
+        return tokens, code_indices, tokens.new_zeros(batch)
+
+    @torch.jit.unused
+    def update(self, tokens: torch.Tensor, code_indices: torch.Tensor) -> None:
+        """Nothing to move."""
+
+
 class BoundaryAwareTokenizer(nn.Module):
     """Turns the encoder's levels into N scored, quantized candidate tokens.
 
@@ -157,7 +172,7 @@ class BoundaryAwareTokenizer(nn.Module):
         level_channels: channels C_l of each encoder level.
         grids: cell grid (gd, gh, gw) of each level; N = sum of their products.
         token_dim: token width E.
-        codebook_size: number of codebook prototypes M.
+        codebook_size: number of codebook prototypes M; 0 for no quantization (``NoCodebook``).
         commitment_beta: weight of the commitment term ||t - sg[c]||^2.
         ema_decay: decay of the codebook's exponential moving averages.
         dead_code_threshold: see ``TokenCodebook``.
@@ -182,7 +197,11 @@ class BoundaryAwareTokenizer(nn.Module):
         self.projections = nn.ModuleList(
             nn.Sequential(nn.Linear(c, token_dim), nn.LayerNorm(token_dim)) for c in level_channels
         )
-        self.codebook = TokenCodebook(codebook_size, token_dim, commitment_beta, ema_decay, dead_code_threshold)
+        self.codebook = (
+            TokenCodebook(codebook_size, token_dim, commitment_beta, ema_decay, dead_code_threshold)
+            if codebook_size
+            else NoCodebook()
+        )
         self.level_embedding = nn.Parameter(torch.zeros(len(self.grids), token_dim))
         nn.init.trunc_normal_(self.level_embedding, std=0.02)
         counts = [math.prod(g) for g in self.grids]

@@ -67,9 +67,11 @@ class TokenSeg(nn.Module):
             each a multiple of ``2 ** len(widths)``. Other sizes whose every
             level still has at least one position per cell also work.
         widths: channels of the encoder levels, finest first; its length is
-            the number of levels L (strides 2, 4, ..., 2^L). The default matches
-            the per-level widths of the model zoo's MONAI UNet; 32..256 costs
-            3.7x the FLOPs at 96^3 (measured), most of it at stride 2.
+            the number of levels L (strides 2, 4, ..., 2^L). The default,
+            32..256 (the original design's), learns a small low-contrast target
+            in as many steps as MONAI's UNet; 16..128 (TokenSeg 0.3) costs 0.28
+            of its FLOPs at 96^3 but needs more steps and at times fails to fit
+            at all (docs/benchmarks.md, "Learning small targets").
         depths: blocks per level after the strided convolution (int or per level).
         block_type: ``"residual"`` (MONAI UnetResBlock) or ``"decomposed"`` (DCFormer).
         tokens_per_level: requested cells (candidate tokens) per level, finest
@@ -83,7 +85,7 @@ class TokenSeg(nn.Module):
             64x64x16 alike, so N = 400 at all of them.
         num_kept_tokens: K, tokens kept after scoring.
         token_dim: token width E.
-        codebook_size: VQ codebook entries M.
+        codebook_size: VQ codebook entries M; 0 turns quantization off (an ablation).
         commitment_beta: VQ commitment weight.
         ema_decay: VQ codebook EMA decay.
         selection: one of ``SELECTION_MODES``: ``"soft_topk"`` (Gumbel, straight-through),
@@ -110,7 +112,7 @@ class TokenSeg(nn.Module):
         in_channels: int = 1,
         out_channels: int = 2,
         img_size: Sequence[int] | int = (96, 96, 96),
-        widths: Sequence[int] = (16, 32, 64, 128),
+        widths: Sequence[int] = (32, 64, 128, 256),
         depths: Sequence[int] | int = 1,
         block_type: str = "residual",
         tokens_per_level: Sequence[int] | int = (256, 96, 32, 16),
