@@ -222,7 +222,7 @@ def test_wrong_channel_count_raises():
 
 
 def test_k_larger_than_n_raises():
-    with pytest.raises(ValueError, match=r"N = 272.*K = 500"):
+    with pytest.raises(ValueError, match=r"N = 392.*K = 500"):
         tiny_tokenseg(num_kept_tokens=500)
 
 
