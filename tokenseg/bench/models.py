@@ -51,7 +51,7 @@ MODEL_SETTINGS: dict[str, str] = {
     "codebook 4096",
     "tokenseg_dense": "TokenSeg defaults with selection='all' (K = N, the dense ablation)",
     "tokenseg_random": "TokenSeg defaults with selection='random' (K tokens drawn at random)",
-    "tokenseg_no_tokens": "TokenSeg defaults with the token injections' gates fixed at 0 (the token path is computed, unused)",
+    "tokenseg_no_tokens": "TokenSeg defaults with every token gate fixed at 0 (the token path is computed, unused)",
     "tokenseg_codebook64": "TokenSeg defaults with a codebook of 64 codes instead of 4096",
     "tokenseg_no_vq": "TokenSeg defaults without quantization (codebook_size=0)",
     "tokenseg_narrow": "TokenSeg defaults with the widths of TokenSeg 0.3, 16/32/64/128",
