@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tokenseg.data.demo import ensure_demo_dataset
+from tokenseg.networks import TokenSeg
 
-from bundle_helpers import bundle_args, copy_bundle, monai_bundle, run, write_datalist
+from bundle_helpers import BUNDLE, bundle_args, copy_bundle, monai_bundle, run, write_datalist
 
 TRAIN_FAST = ["--num_workers", "0", "--cache_rate", "0"]
 
@@ -99,3 +100,15 @@ def test_multi_gpu_config_trains_with_torchrun_on_cpu(tmp_path, demo_dir, small_
     ])
     assert (bundle / "models" / "model.pt").is_file()
     assert "val_mean_dice" in proc.stdout + proc.stderr
+
+
+def test_shipped_checkpoint_is_under_the_zoo_file_limit_and_loads():
+    path = BUNDLE / "models" / "model.pt"
+    assert path.stat().st_size < 25 * 2**20  # the model zoo's limit per file
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
+    network = TokenSeg(3, 2, img_size=(64, 64, 32))  # the bundle's network_def
+    network.load_state_dict(state)  # strict: every key, cast to the network's float32
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    with torch.no_grad():
+        assert torch.isfinite(network.eval()(torch.randn(1, 3, 64, 64, 32))).all()
