@@ -1,4 +1,4 @@
-"""The network can learn: fit one synthetic lesion, through the same code the demo runs."""
+"""The network can learn: one synthetic lesion through the demo's code, and one small target (the test UNet passes)."""
 
 import pytest
 

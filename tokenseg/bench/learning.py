@@ -101,9 +101,9 @@ def _first_step(curve: Sequence[Sequence[float]], threshold: float) -> int | Non
 
 def summarise(results: dict[str, dict[str, list]]) -> str:
     """Markdown table: mean and s.d. of Dice at each evaluated step, and steps to 0.5 and 0.8 per seed."""
-    lines = ["| model | " + " | ".join(f"step {s}" for s, _ in next(iter(next(iter(results.values())).values())))
-             + " | steps to 0.5 | steps to 0.8 |"]
-    lines.append("|---" * (len(lines[0].split("|")) - 2) + "|")
+    steps = [step for step, _ in next(iter(next(iter(results.values())).values()))]  # of the first curve
+    lines = ["| model | " + " | ".join(f"step {s}" for s in steps) + " | steps to 0.5 | steps to 0.8 |",
+             "|---" * (len(steps) + 3) + "|"]
     for model, seeds in results.items():
         dice = np.array([[d for _, d in curve] for curve in seeds.values()])
         cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(dice.mean(0), dice.std(0))]
