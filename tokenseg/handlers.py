@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping
@@ -18,9 +19,9 @@ from monai.handlers import CheckpointSaver, HausdorffDistance
 from monai.utils import CommonKeys
 
 from tokenseg.losses import TokenSegLoss
-from tokenseg.metrics import boundary_hit_rate, boundary_hit_rate_per_level, codebook_perplexity
+from tokenseg.metrics import codebook_perplexity, hit_rate_per_level, kept_boundary_hits
 
-__all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver", "PhysicalHausdorffDistance"]
+__all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver", "PhysicalHausdorffDistance", "save_replacing"]
 
 
 class TokenSegDiagnostics:
@@ -64,10 +65,11 @@ class TokenSegDiagnostics:
             output["code_indices"], network.tokenizer.codebook.num_embeddings
         ).item()
         label = engine.state.batch[self.label_key]
-        values["boundary_hit_rate"] = boundary_hit_rate(output["kept_indices"], label, network.grids).item()
-        per_level = boundary_hit_rate_per_level(output["kept_indices"], label, network.grids)
+        hits = kept_boundary_hits(output["kept_indices"], label, network.grids)  # (B, K), the band computed once
+        values["boundary_hit_rate"] = hits.mean().item()
+        per_level = hit_rate_per_level(hits, output["kept_indices"], network.grids)
         for level, rate in enumerate(per_level.tolist(), start=1):
-            if rate == rate:  # NaN when no token of the level was kept
+            if not math.isnan(rate):  # NaN when no token of the level was kept
                 values[f"boundary_hit_rate_level{level}"] = rate
         for name, value in values.items():
             self._sums[name] += value
@@ -76,6 +78,14 @@ class TokenSegDiagnostics:
     def _publish(self, engine: Engine) -> None:
         for name, total in self._sums.items():
             engine.state.metrics[name] = total / self._counts[name]
+
+
+def save_replacing(checkpoint: Mapping, path: str | os.PathLike) -> None:
+    """``torch.save`` beside ``path``, then rename over it: ``path`` never holds half a checkpoint."""
+    partial = f"{path}.{os.getpid()}.partial"
+    torch.save(checkpoint, partial)
+    os.chmod(partial, 0o644)
+    os.replace(partial, path)
 
 
 class _ReplacingDiskSaver(BaseSaveHandler):
@@ -94,11 +104,7 @@ class _ReplacingDiskSaver(BaseSaveHandler):
         if idist.get_rank() != 0:
             return
         os.makedirs(self.dirname, exist_ok=True)
-        path = os.path.join(self.dirname, self.filename or filename)
-        partial = f"{path}.{os.getpid()}.partial"
-        torch.save(checkpoint, partial)
-        os.chmod(partial, 0o644)
-        os.replace(partial, path)
+        save_replacing(checkpoint, os.path.join(self.dirname, self.filename or filename))
 
     def remove(self, filename: str) -> None:
         if self.filename is None and idist.get_rank() == 0:

@@ -9,13 +9,19 @@ import torch
 
 from tokenseg.boundary import boundary_band, token_boundary_targets
 
-__all__ = ["boundary_hit_rate", "boundary_hit_rate_per_level", "codebook_perplexity"]
+__all__ = [
+    "boundary_hit_rate",
+    "boundary_hit_rate_per_level",
+    "codebook_perplexity",
+    "kept_boundary_hits",
+    "hit_rate_per_level",
+]
 
 
-def _kept_hits(
-    kept_indices: torch.Tensor, label: torch.Tensor, grids: Sequence[Sequence[int]], radius: int
+def kept_boundary_hits(
+    kept_indices: torch.Tensor, label: torch.Tensor, grids: Sequence[Sequence[int]], radius: int = 1
 ) -> torch.Tensor:
-    """(B, K) 1 where the kept token's cell touches the label's boundary band."""
+    """(B, K) 1 where the kept token's cell touches the label's boundary band (arguments as ``boundary_hit_rate``)."""
     targets = token_boundary_targets(boundary_band(label, radius), grids)
     if targets.shape[0] != kept_indices.shape[0]:
         raise ValueError(f"label batch ({targets.shape[0]}) does not match the kept tokens' ({kept_indices.shape[0]}).")
@@ -38,14 +44,18 @@ def boundary_hit_rate(
     Returns:
         () the hit rate over every kept token of the batch.
     """
-    return _kept_hits(kept_indices, label, grids, radius).mean()
+    return kept_boundary_hits(kept_indices, label, grids, radius).mean()
 
 
 def boundary_hit_rate_per_level(
     kept_indices: torch.Tensor, label: torch.Tensor, grids: Sequence[Sequence[int]], radius: int = 1
 ) -> torch.Tensor:
     """``boundary_hit_rate`` of the kept tokens of each level: (L,), finest level first, NaN where none was kept."""
-    hits = _kept_hits(kept_indices, label, grids, radius)
+    return hit_rate_per_level(kept_boundary_hits(kept_indices, label, grids, radius), kept_indices, grids)
+
+
+def hit_rate_per_level(hits: torch.Tensor, kept_indices: torch.Tensor, grids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Mean of ``hits`` (B, K) over the kept tokens of each level: (L,), NaN where none was kept."""
     level_ends = torch.tensor([math.prod(g) for g in grids], device=hits.device).cumsum(0)
     levels = torch.bucketize(kept_indices.to(hits.device), level_ends, right=True)  # (B, K), 0 = finest
     rates = [hits[levels == level].mean() for level in range(len(grids))]  # the mean of nothing is NaN

@@ -7,16 +7,18 @@ elsewhere and listed in ``large_files.yml``); TokenSeg 0.4's float32 weights
 are 43 MB. ``load_state_dict`` casts each tensor to the parameter's dtype, so
 the bundle, the MONAI Label app and fine-tuning load the float16 file into the
 float32 network unchanged. Training checkpoints stay float32; only the shipped
-file is halved. Written beside the target and renamed into place.
+file is halved. Written beside the target and renamed into place, as the
+bundle's checkpoints are (``tokenseg.handlers.save_replacing``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
+
+from tokenseg.handlers import save_replacing
 
 
 def half_checkpoint(source: Path, target: Path) -> None:
@@ -25,9 +27,7 @@ def half_checkpoint(source: Path, target: Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SystemExit(f"{source}: expected a state dict of tensors (the bundle's model.pt), got {type(state).__name__}.")
     halved = {name: t.half() if t.is_floating_point() else t for name, t in state.items()}
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    torch.save(halved, partial)
-    os.replace(partial, target)
+    save_replacing(halved, target)
     print(f"{source} ({source_mib:.1f} MiB) -> {target} ({target.stat().st_size / 2**20:.1f} MiB, float16)")
 
 

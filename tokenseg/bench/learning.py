@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
 from monai.transforms import NormalizeIntensity, RandCropByPosNegLabeld
 from monai.utils import set_determinism
 
@@ -55,8 +57,8 @@ def _case_dice(network: torch.nn.Module, case: dict[str, torch.Tensor]) -> float
     network.eval()
     logits = sliding_window_inference(case["image"][None], PATCH_SIZE, PATCHES_PER_STEP, network, overlap=0.25)
     network.train()
-    prediction, label = logits.argmax(1)[0] > 0, case["label"][0] > 0
-    return (2 * (prediction & label).sum() / (prediction.sum() + label.sum()).clamp_min(1)).item()
+    prediction = one_hot(logits.argmax(1, keepdim=True), 2)
+    return compute_dice(prediction, one_hot(case["label"][None], 2), include_background=False).item()
 
 
 def fit_small_target(
