@@ -29,10 +29,11 @@ def test_fits_one_lesion_and_keeps_boundary_tokens():
     assert boundary_token_entropy(net, image, (32, 32, 32)) < entropy_before
 
 
-@pytest.mark.parametrize("model,dice", [("unet", 0.8), ("tokenseg", 0.75)])
-def test_fits_a_small_target(model, dice):
+@pytest.mark.parametrize("model", ["unet", "tokenseg"])
+def test_fits_a_small_target(model):
     # one case of the small-target set (a lesion of 0.18% of the voxels, contrast-to-noise near 2) with the
-    # bundle's recipe, 300 steps, seed 0. MONAI's UNet reaches 0.82 here; TokenSeg 0.78 (0.80 +- 0.02 over
-    # three seeds, UNet 0.84 +- 0.02), where TokenSeg 0.3 (widths 16..128) reached 0.72, and 0.04 with seed 1
+    # bundle's recipe, 300 steps, seed 0: Dice > 0.8 for MONAI's UNet and TokenSeg alike. Here UNet reaches 0.82
+    # and TokenSeg 0.89 (over three seeds 0.84 +- 0.02 and 0.89 +- 0.01); TokenSeg 0.4, which convolved the first
+    # level everywhere, 0.78, and 0.3 (widths 16..128) 0.72, and 0.04 with seed 1
     curve = fit_small_target(model, steps=STEPS_TO_FIT, seed=0, eval_every=STEPS_TO_FIT)
-    assert curve[-1][1] > dice, curve
+    assert curve[-1][1] > 0.8, curve

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.losses import TokenSegLoss
 from tokenseg.networks import TokenSeg, TokenSegOutput
+from tokenseg.networks.cells import expand_cells
+from tokenseg.networks.refinement import gather_cells, paste_cells
 from tokenseg.networks.selection import select_tokens
 
 from conftest import tiny_tokenseg
@@ -130,6 +133,39 @@ def test_gradients_reach_every_trainable_part():
     assert not torch.equal(codebook_before, net.tokenizer.codebook.embedding.weight)
 
 
+@pytest.mark.parametrize("size,grid", [((16, 16, 8), [4, 4, 2]), ((12, 10, 9), [3, 4, 2])])
+def test_kept_cells_get_the_dense_convolution(size, grid):
+    # a 3x3x3 convolution on the kept cells' crops with a halo of 1 equals the dense one there, zero elsewhere,
+    # also where cells are uneven (10 positions in 4 cells)
+    conv = torch.nn.Conv3d(3, 5, 3, padding=1)
+    x = torch.randn(2, 3, *size)
+    keep = (torch.rand(2, math.prod(grid)) > 0.6).float()
+    batch_index, cell = keep.nonzero().unbind(1)
+    cells = torch.stack([cell // (grid[1] * grid[2]), (cell // grid[2]) % grid[1], cell % grid[2]], dim=1)
+    with torch.no_grad():
+        crops = conv(gather_cells(x, batch_index, cells, grid, halo=1))[:, :, 1:-1, 1:-1, 1:-1]
+        refined = paste_cells(torch.zeros(2, 5, *size), crops, batch_index, cells, grid)
+        expected = conv(x) * expand_cells(keep.view(2, 1, *grid), list(size))
+    assert torch.allclose(refined, expected, atol=1e-6)
+
+
+def _gflops(net, size):
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net.eval()(torch.randn(1, net.in_channels, *size))
+    return counter.get_total_flops() / 1e9
+
+
+def test_compute_follows_the_kept_tokens():
+    # the default convolves the first level only in the kept cells: less work than its dense ablation at 96^3
+    # (PyTorch's FLOP counter; a structural check), and more kept tokens cost more
+    torch.manual_seed(0)
+    size = (96, 96, 96)
+    default = _gflops(TokenSeg(1, 2, img_size=size), size)
+    dense = _gflops(TokenSeg(1, 2, img_size=size, selection="all", refinement="dense"), size)
+    assert default < 0.8 * dense
+    assert _gflops(tiny_tokenseg(num_kept_tokens=20), (32, 32, 32)) < _gflops(tiny_tokenseg(selection="all"), (32, 32, 32))
+
+
 def test_scores_get_gradient_through_the_straight_through_mask():
     net = tiny_tokenseg(selection="soft_topk")
     out = net(torch.randn(1, 1, 32, 32, 32))
@@ -237,6 +273,7 @@ def test_input_too_small_for_the_grid_raises():
     [
         (dict(block_type="dense"), "block_type"),
         (dict(selection="best"), "selection"),
+        (dict(refinement="sparse"), "refinement"),
         (dict(token_dim=60, mixer_heads=8), "divisible"),
     ],
 )

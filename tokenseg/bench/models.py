@@ -31,7 +31,9 @@ Builder = Callable[[int, int, Sequence[int], Sequence[float]], nn.Module]
 
 MODELS: dict[str, Builder] = {
     "tokenseg": lambda i, o, s, sp: TokenSeg(i, o, img_size=s),
-    "tokenseg_dense": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, selection="all"),
+    "tokenseg_dense": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, selection="all", refinement="dense"),
+    "tokenseg_dense_refinement": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, refinement="dense"),
+    "tokenseg_refine_all": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, selection="all"),
     "tokenseg_random": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, selection="random"),
     "tokenseg_no_tokens": lambda i, o, s, sp: _without_token_injection(TokenSeg(i, o, img_size=s)),
     "tokenseg_codebook64": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=64),
@@ -48,8 +50,13 @@ MODELS: dict[str, Builder] = {
 
 MODEL_SETTINGS: dict[str, str] = {
     "tokenseg": "TokenSeg defaults: widths 32/64/128/256, 400 candidate tokens on grids of 256/96/32/16 cells, K=100, "
-    "codebook 4096",
-    "tokenseg_dense": "TokenSeg defaults with selection='all' (K = N, the dense ablation)",
+    "codebook 4096, first level refined in the kept cells only",
+    "tokenseg_dense": "TokenSeg defaults with selection='all' and refinement='dense' (K = N, every cell refined: "
+    "the dense ablation)",
+    "tokenseg_dense_refinement": "TokenSeg defaults with refinement='dense' (K = 100 tokens, the first level convolved "
+    "everywhere: TokenSeg 0.4)",
+    "tokenseg_refine_all": "TokenSeg defaults with selection='all': every token kept, every first-level cell "
+    "refined through the kept-cell path",
     "tokenseg_random": "TokenSeg defaults with selection='random' (K tokens drawn at random)",
     "tokenseg_no_tokens": "TokenSeg defaults with every token gate fixed at 0 (the token path is computed, unused)",
     "tokenseg_codebook64": "TokenSeg defaults with a codebook of 64 codes instead of 4096",
@@ -63,7 +70,14 @@ MODEL_SETTINGS: dict[str, str] = {
 }
 
 # Variants of TokenSeg that differ from it in one component; the dense ablation and 0.3's widths are benchmarked always.
-ABLATIONS = ("tokenseg_random", "tokenseg_no_tokens", "tokenseg_codebook64", "tokenseg_no_vq")
+ABLATIONS = (
+    "tokenseg_dense_refinement",
+    "tokenseg_refine_all",
+    "tokenseg_random",
+    "tokenseg_no_tokens",
+    "tokenseg_codebook64",
+    "tokenseg_no_vq",
+)
 
 
 def build_model(

@@ -6,23 +6,33 @@ the level's cell grid (B, C_l, *g_l), painted over the cells' positions
 (B, C_l, D_l, H_l, W_l) and added to the encoder feature through a learned
 per-channel gate that starts small (training starts close to a plain U-Net,
 while every token parameter already gets a gradient): ``TokenInjection``.
-Then the coarsest level is upsampled level by level to the first level, at
-stride 2, each step an ``AddSkipUpBlock``.
+Then the coarsest level is upsampled level by level, at stride 2, each step
+an ``AddSkipUpBlock``. The last step, to the first level (half resolution,
+the most expensive), depends on ``refinement``:
+
+- ``"kept"``: a ``KeptCellUpBlock``: convolutions (the first level's encoder
+  blocks and the decoder's) only inside the kept first-level cells, its
+  skip the stem's output plus the tokens;
+- ``"dense"``: an ``AddSkipUpBlock`` like the others, its skip the encoder's
+  refined first level plus the tokens.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import List
+from typing import List, Optional
 
 import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
 from tokenseg.networks.cells import expand_cells
+from tokenseg.networks.refinement import KeptCellUpBlock
 
-__all__ = ["AddSkipUpBlock", "TokenInjection", "SparseToDenseDecoder"]
+__all__ = ["AddSkipUpBlock", "TokenInjection", "SparseToDenseDecoder", "REFINEMENT_MODES"]
+
+REFINEMENT_MODES = ("kept", "dense")
 
 
 class AddSkipUpBlock(nn.Module):
@@ -89,6 +99,9 @@ class SparseToDenseDecoder(nn.Module):
     token_dim: token width E.
     norm_name, act_name: MONAI norm and activation names.
     dropout: dropout rate in the upsampling blocks.
+    refinement: ``"kept"`` or ``"dense"`` (see the module docstring).
+    first_level_depth, block_type: the first level's encoder blocks, which
+        ``"kept"`` refinement runs here, in the kept cells.
     """
 
     def __init__(
@@ -99,17 +112,30 @@ class SparseToDenseDecoder(nn.Module):
         norm_name: str | tuple = "instance",
         act_name: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         dropout: float = 0.0,
+        refinement: str = "kept",
+        first_level_depth: int = 1,
+        block_type: str = "residual",
     ) -> None:
         super().__init__()
+        if refinement not in REFINEMENT_MODES:
+            raise ValueError(f"refinement must be one of {REFINEMENT_MODES}, got {refinement!r}.")
         self.cells_per_level: List[int] = [math.prod(g) for g in grids]
         self.injections = nn.ModuleList(TokenInjection(token_dim, c, g) for c, g in zip(level_channels, grids))
+        dense_steps = range(len(level_channels) - 1) if refinement == "dense" else range(1, len(level_channels) - 1)
         self.up_blocks = nn.ModuleList(
             AddSkipUpBlock(level_channels[i + 1], level_channels[i], norm_name, act_name, dropout)
-            for i in reversed(range(len(level_channels) - 1))
+            for i in reversed(dense_steps)
         )
+        self.kept_cell_step: Optional[KeptCellUpBlock] = None
+        if refinement == "kept":
+            self.kept_cell_step = KeptCellUpBlock(
+                level_channels[1], level_channels[0], grids[0], first_level_depth, block_type, norm_name, act_name,
+                dropout,
+            )
 
     def forward(self, features: List[torch.Tensor], tokens: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
-        """features: finest first; tokens (B, N, E); keep_mask (B, N).
+        """features: finest first (with ``"kept"`` refinement the first is the stem's output); tokens (B, N, E);
+        keep_mask (B, N).
 
         Returns (B, C_1, D_1, H_1, W_1) at the first level's resolution.
         """
@@ -121,4 +147,6 @@ class SparseToDenseDecoder(nn.Module):
         x = levels[-1]
         for step, up in enumerate(self.up_blocks):
             x = up(x, levels[-2 - step])
+        if self.kept_cell_step is not None:
+            x = self.kept_cell_step(x, levels[0], features[0], level_keep[0])
         return x

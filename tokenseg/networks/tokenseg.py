@@ -6,7 +6,9 @@ Where the tensor changes shape, for input x (B, C_in, D, H, W) and L levels:
 - tokenizer: f_l -> N candidate tokens (B, N, E) and scores (B, N)
 - selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N)
 - mixer:     kept tokens (B, K, E) -> (B, K, E) (transformer blocks)
-- decoder:   kept tokens back into their cells, upsampling with skips -> (B, C_1, D/2, H/2, W/2)
+- decoder:   kept tokens back into their cells, upsampling with skips -> (B, C_1, D/2, H/2, W/2);
+             with ``refinement="kept"`` the first level's convolutions (its
+             encoder blocks and the decoder's) run only in the kept first-level cells
 - head:      transposed conv straight to the classes -> logits (B, C_out, D, H, W)
 
 ``forward`` returns the logits, except in a training step (train mode with
@@ -31,7 +33,7 @@ from torch import nn
 
 from tokenseg.networks.blocks import BLOCK_TYPES, EncoderStage, TokenMixerBlock
 from tokenseg.networks.cells import choose_grid
-from tokenseg.networks.decoder import SparseToDenseDecoder
+from tokenseg.networks.decoder import REFINEMENT_MODES, SparseToDenseDecoder
 from tokenseg.networks.selection import SELECTION_MODES, select_tokens
 from tokenseg.networks.tokenizer import BoundaryAwareTokenizer
 
@@ -90,6 +92,11 @@ class TokenSeg(nn.Module):
         ema_decay: VQ codebook EMA decay.
         selection: one of ``SELECTION_MODES``: ``"soft_topk"`` (Gumbel, straight-through),
             ``"topk"``, ``"random"``, ``"all"`` (dense ablation, K = N).
+        refinement: where the first level (half resolution, about half of a
+            dense pass's work) is convolved: ``"kept"``, only inside the kept
+            first-level cells (its encoder blocks run there, in the decoder;
+            the coarser levels read the stem's output); ``"dense"``,
+            everywhere (TokenSeg 0.4).
         gumbel_tau: temperature of the soft top-K.
         mixer_depth: transformer blocks over the kept tokens.
         mixer_heads: attention heads in the mixer.
@@ -122,6 +129,7 @@ class TokenSeg(nn.Module):
         commitment_beta: float = 0.25,
         ema_decay: float = 0.99,
         selection: str = "soft_topk",
+        refinement: str = "kept",
         gumbel_tau: float = 1.0,
         mixer_depth: int = 2,
         mixer_heads: int = 8,
@@ -139,6 +147,8 @@ class TokenSeg(nn.Module):
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}.")
         if selection not in SELECTION_MODES:
             raise ValueError(f"selection must be one of {SELECTION_MODES}, got {selection!r}.")
+        if refinement not in REFINEMENT_MODES:
+            raise ValueError(f"refinement must be one of {REFINEMENT_MODES}, got {refinement!r}.")
         if token_dim % mixer_heads:
             raise ValueError(f"token_dim ({token_dim}) must be divisible by mixer_heads ({mixer_heads}).")
         self._check_spatial(self.img_size, "img_size")
@@ -165,10 +175,13 @@ class TokenSeg(nn.Module):
                 f"(grids {self.grids} for img_size {self.img_size}), got K = {num_kept_tokens}."
             )
         self.gumbel_tau = gumbel_tau
+        self.refinement = refinement
 
         channels = [in_channels, *widths]
+        # with "kept" refinement the first level's blocks run in the decoder, in the kept cells only
+        encoder_depths = [0 if i == 0 and refinement == "kept" else depths[i] for i in range(num_levels)]
         self.encoder = nn.ModuleList(
-            EncoderStage(channels[i], channels[i + 1], depths[i], block_type, norm_name, act_name, dropout)
+            EncoderStage(channels[i], channels[i + 1], encoder_depths[i], block_type, norm_name, act_name, dropout)
             for i in range(num_levels)
         )
         self.tokenizer = BoundaryAwareTokenizer(
@@ -177,7 +190,9 @@ class TokenSeg(nn.Module):
         self.mixer = nn.Sequential(
             *(TokenMixerBlock(token_dim, 4 * token_dim, mixer_heads, dropout) for _ in range(mixer_depth))
         )
-        self.decoder = SparseToDenseDecoder(widths, self.grids, token_dim, norm_name, act_name, dropout)
+        self.decoder = SparseToDenseDecoder(
+            widths, self.grids, token_dim, norm_name, act_name, dropout, refinement, depths[0], block_type
+        )
         # Like MONAI's UNet, the only full-resolution layer makes the logits: a
         # C-channel full-resolution feature map would cost more time and
         # training memory than the whole token path (measured: 9% of inference).
