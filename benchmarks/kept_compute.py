@@ -31,18 +31,13 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from torch.utils.flop_counter import FlopCounterMode
 
+from tokenseg.bench.kept_flops import forward_gflops
 from tokenseg.bench.models import build_model
 from tokenseg.data.datalist import load_datalist
 from tokenseg.metrics import boundary_hit_rate_per_level
 from tokenseg.networks import TokenSeg
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def forward_flops(network: torch.nn.Module, x: torch.Tensor) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        network(x)
-    return counter.get_total_flops() / 1e9
 
 
 def window_slices(size: list[int], patch: list[int], overlap: float) -> list[tuple[slice, ...]]:
@@ -95,8 +90,8 @@ def main() -> None:
             })
 
     x = torch.zeros(1, in_channels, *patch)
-    dense = forward_flops(build_model("tokenseg_dense", in_channels, out_channels, patch).eval(), x)
-    unet = forward_flops(build_model("unet", in_channels, out_channels, patch).eval(), x)
+    dense = forward_gflops(build_model("tokenseg_dense", in_channels, out_channels, patch), x)
+    unet = forward_gflops(build_model("unet", in_channels, out_channels, patch), x)
     gflops = statistics.mean(w["gflops"] for w in windows)
     levels = len(network.grids)
     kept = [statistics.mean(w["kept_per_level"][level] for w in windows) for level in range(levels)]

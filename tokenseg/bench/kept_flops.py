@@ -1,0 +1,81 @@
+"""TokenSeg's FLOPs against the number of first-level cells it refines.
+
+    python -m tokenseg.bench.kept_flops --sizes 96x96x96 160x160x160 256x256x128 64x64x32 --kept 0 25 50 100
+
+With ``refinement="kept"`` the first level is convolved only in the kept
+first-level cells, so one forward pass costs a fixed part plus a part per
+kept first-level cell, and how many of the K kept tokens fall on the first
+level is the trained scorer's choice. For each size this forces that count
+(a forward hook on the scorer puts the top scores on ``kept`` first-level
+cells and on ``K - kept`` coarser ones), counts one forward pass with
+PyTorch's FLOP counter, and prints it with its ratio to the dense ablation
+(``selection="all", refinement="dense"``) at the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tokenseg.networks import TokenSeg
+
+__all__ = ["forward_gflops", "gflops_with_kept_first_level", "main"]
+
+
+def forward_gflops(network: torch.nn.Module, x: torch.Tensor) -> float:
+    """GFLOPs of one forward pass of ``network`` in evaluation mode on ``x``."""
+    network.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(x)
+    return counter.get_total_flops() / 1e9
+
+
+def gflops_with_kept_first_level(network: TokenSeg, x: torch.Tensor, kept: int) -> float:
+    """GFLOPs of one forward pass in which ``kept`` of the K kept tokens are first-level cells."""
+    first_level = network.decoder.cells_per_level[0]
+    coarser = network.num_kept_tokens - kept
+    if not 0 <= kept <= min(first_level, network.num_kept_tokens) or coarser > network.num_tokens - first_level:
+        raise ValueError(f"cannot keep {kept} first-level cells of {first_level} with K = {network.num_kept_tokens}.")
+    scores = torch.full((x.shape[0], network.num_tokens, 1), -10.0)
+    scores[:, :kept] = 10.0
+    scores[:, first_level : first_level + coarser] = 10.0
+    hook = network.tokenizer.scorer.register_forward_hook(lambda _module, _inputs, output: scores.to(output))
+    try:
+        return forward_gflops(network, x)
+    finally:
+        hook.remove()
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["96x96x96", "160x160x160", "256x256x128", "64x64x32"])
+    parser.add_argument("--kept", type=int, nargs="+", default=[0, 25, 50, 100])
+    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    rows = []
+    print("| size | first-level grid | " + " | ".join(f"{k} kept: GFLOPs (/ dense)" for k in args.kept)
+          + " | dense ablation GFLOPs |")
+    print("|---" * (len(args.kept) + 3) + "|")
+    for size_text in args.sizes:
+        size = [int(s) for s in size_text.split("x")]
+        x = torch.zeros(1, 1, *size)
+        dense = forward_gflops(TokenSeg(1, 2, img_size=size, selection="all", refinement="dense"), x)
+        network = TokenSeg(1, 2, img_size=size)
+        gflops = [gflops_with_kept_first_level(network, x, kept) for kept in args.kept]
+        rows.append({"size": size, "first_level_grid": network.grids[0], "kept_first_level": args.kept,
+                     "gflops": gflops, "dense_gflops": dense})
+        cells = " | ".join(f"{g:.1f} ({g / dense:.2f})" for g in gflops)
+        print(f"| {size_text} | {'x'.join(map(str, network.grids[0]))} | {cells} | {dense:.1f} |", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
