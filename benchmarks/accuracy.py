@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "accuracy")
     parser.add_argument("--update", action="store_true",
-                        help="keep the other models of --out/accuracy.json (same budget) and add or replace these")
+                        help="keep what --out/accuracy.json holds (same budget) and add or replace these models' seeds")
     args = parser.parse_args()
     generate, _, description = DATASETS[args.dataset]
     dataset_dir = generate()
@@ -166,9 +166,11 @@ def main() -> None:
             parser.error(f"--update: {saved} was measured at {previous['optimisation_steps']} optimisation steps on "
                          f"{previous['dataset']}")
         report["models"] = previous["models"]
+        report["seeds"] = sorted(set(previous["seeds"]) | set(args.seeds))
         report["settings"] = {**previous["settings"], **report["settings"]}
     for model in args.models:
-        per_seed = {}
+        # with --update, seeds measured before stay beside the new ones (a seed measured again is replaced)
+        per_seed = dict(report["models"].get(model, {}).get("per_seed", {}))
         for seed in args.seeds:
             run_dir = args.out / model / f"seed_{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)

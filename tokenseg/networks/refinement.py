@@ -15,9 +15,9 @@ positions). For the M kept cells of a batch:
    cells in a copy of another map (B, C, D, H, W); the part of a crop beyond
    its cell (where cells are uneven) is dropped, so nothing is written twice.
 
-Reading and writing index the kept positions only: no full-map copy but one.
-
-The work is proportional to the number of kept cells, not to the size of the map.
+Reading and writing index the kept positions alone (one copy of the full
+map, the one pasted into), and the convolutions' work is proportional to the
+number of kept cells, not to the size of the map.
 """
 
 from __future__ import annotations
