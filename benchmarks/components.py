@@ -14,14 +14,13 @@ what a large HD95 with a fair Dice points to).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from scipy import ndimage
 
+from tokenseg.bench.trained_bundle import load_trained_bundle
 from tokenseg.data.datalist import load_datalist
 
 
@@ -45,14 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     for run in args.runs:
-        config = ConfigParser()
-        config.read_config(str(run / "bundle" / "configs" / "train.json"))
-        config.update(json.loads((run / "overrides.json").read_text()))
-        config["bundle_root"] = str(run / "bundle")
-        network = config.get_parsed_content("network_def")
-        weights = torch.load(run / "bundle" / "models" / "model.pt", map_location="cpu", weights_only=True)
-        network.load_state_dict(weights)
-        network.eval()
+        config, network = load_trained_bundle(run / "bundle", run / "overrides.json")
         preprocessing = config.get_parsed_content("validate#preprocessing")
         inferer = config.get_parsed_content("validate#inferer")
         for entry in load_datalist(config.get_parsed_content("dataset_dir"), "test"):

@@ -24,18 +24,17 @@ import statistics
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from torch.utils.flop_counter import FlopCounterMode
 
-from tokenseg.bench.kept_flops import forward_gflops
+from tokenseg.bench.measure import forward_gflops
 from tokenseg.bench.models import build_model
+from tokenseg.bench.trained_bundle import load_trained_bundle
 from tokenseg.data.datalist import load_datalist
 from tokenseg.metrics import boundary_hit_rate_per_level
-from tokenseg.networks import TokenSeg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,13 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
 
-    config = ConfigParser()
-    config.read_config(str(args.bundle / "configs" / "train.json"))
-    config["bundle_root"] = str(args.bundle)
-    network: TokenSeg = config.get_parsed_content("network_def")
-    checkpoint = args.bundle / "models" / "model.pt"
-    network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    network.eval()
+    config, network = load_trained_bundle(args.bundle)
     preprocessing = config.get_parsed_content("validate#preprocessing")
     patch = [int(p) for p in config.get_parsed_content("patch_size")]
     overlap = float(config.get_parsed_content("validate#inferer#overlap"))
@@ -102,7 +95,7 @@ def main() -> None:
                  if w["boundary_hit_rate_per_level"][level] is not None]
         hit_rates.append(statistics.mean(rates) if rates else None)
     report = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(args.bundle / "models" / "model.pt"),
         "split": args.split,
         "cases": len(entries),
         "windows": len(windows),

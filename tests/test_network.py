@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenseg.bench.kept_flops import forward_gflops, gflops_with_kept_first_level
+from tokenseg.bench.kept_flops import gflops_with_kept_first_level
+from tokenseg.bench.measure import forward_gflops
 from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.losses import TokenSegLoss
 from tokenseg.networks import TokenSeg, TokenSegOutput
 from tokenseg.networks.cells import expand_cells
-from tokenseg.networks.refinement import gather_cells, paste_cells
+from tokenseg.networks.refinement import gather_cells, kept_cells, paste_cells
 from tokenseg.networks.selection import select_tokens
 
 from conftest import tiny_tokenseg
@@ -140,8 +141,7 @@ def test_kept_cells_get_the_dense_convolution(size, grid):
     conv = torch.nn.Conv3d(3, 5, 3, padding=1)
     x = torch.randn(2, 3, *size)
     keep = (torch.rand(2, math.prod(grid)) > 0.6).float()
-    batch_index, cell = keep.nonzero().unbind(1)
-    cells = torch.stack([cell // (grid[1] * grid[2]), (cell // grid[2]) % grid[1], cell % grid[2]], dim=1)
+    batch_index, cells = kept_cells(keep, grid)
     with torch.no_grad():
         crops = conv(gather_cells(x, batch_index, cells, grid, halo=1))[:, :, 1:-1, 1:-1, 1:-1]
         refined = paste_cells(torch.zeros(2, 5, *size), crops, batch_index, cells, grid)

@@ -20,19 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from tokenseg.bench.measure import forward_gflops
 from tokenseg.networks import TokenSeg
 
-__all__ = ["forward_gflops", "gflops_with_kept_first_level", "main"]
-
-
-def forward_gflops(network: torch.nn.Module, x: torch.Tensor) -> float:
-    """GFLOPs of one forward pass of ``network`` in evaluation mode on ``x``."""
-    network.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        network(x)
-    return counter.get_total_flops() / 1e9
+__all__ = ["gflops_with_kept_first_level", "main"]
 
 
 def gflops_with_kept_first_level(network: TokenSeg, x: torch.Tensor, kept: int) -> float:

@@ -31,7 +31,15 @@ from tokenseg.bench.models import build_model
 from tokenseg.losses import TokenSegLoss
 from tokenseg.networks import TokenSeg
 
-__all__ = ["measure"]
+__all__ = ["forward_gflops", "measure"]
+
+
+def forward_gflops(network: torch.nn.Module, x: torch.Tensor) -> float:
+    """GFLOPs of one forward pass of ``network`` in evaluation mode on ``x`` (PyTorch's FLOP counter)."""
+    network.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(x)
+    return counter.get_total_flops() / 1e9
 
 
 def _reset_peak_rss() -> None:
@@ -97,10 +105,7 @@ def measure(
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
     if mode == "infer":
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-        result["gflops_forward"] = counter.get_total_flops() / 1e9
+        result["gflops_forward"] = forward_gflops(model, x)
 
         def step() -> None:
             with torch.inference_mode():

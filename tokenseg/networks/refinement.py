@@ -31,7 +31,7 @@ from torch import nn
 
 from tokenseg.networks.blocks import make_block
 
-__all__ = ["gather_cells", "paste_cells", "KeptCellUpBlock"]
+__all__ = ["kept_cells", "gather_cells", "paste_cells", "KeptCellUpBlock"]
 
 
 def _cell_start(size: int, cells: int, index: torch.Tensor) -> torch.Tensor:
@@ -58,6 +58,15 @@ def _windows(
     axes = [positions[0][:, :, None, None], positions[1][:, None, :, None], positions[2][:, None, None, :]]
     own = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
     return axes, own
+
+
+def kept_cells(keep: torch.Tensor, grid: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The cells ``keep`` (B, gd * gh * gw, cells in C order) marks with 1: their sample (M,) and cell index (M, 3)."""
+    kept = (keep.detach() > 0.5).nonzero()  # (M, 2): sample, cell in C order
+    batch_index, cell = kept[:, 0], kept[:, 1]
+    cells = torch.stack([torch.div(cell, grid[1] * grid[2], rounding_mode="floor"),
+                         torch.div(cell, grid[2], rounding_mode="floor") % grid[1], cell % grid[2]], dim=1)
+    return batch_index, cells
 
 
 def gather_cells(
@@ -137,11 +146,8 @@ class KeptCellUpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, stem: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         coarse = self.upsample(x) + skip
-        kept = (keep.detach() > 0.5).nonzero()  # (M, 2): sample, cell in C order
-        batch_index, cell = kept[:, 0], kept[:, 1]
         g = self.grid
-        cells = torch.stack([torch.div(cell, g[1] * g[2], rounding_mode="floor"),
-                             torch.div(cell, g[2], rounding_mode="floor") % g[1], cell % g[2]], dim=1)
+        batch_index, cells = kept_cells(keep, g)
         e = self.halo
         coarse_crops = gather_cells(coarse, batch_index, cells, g, e)  # (M, C_1, *crop)
         stem_crops = gather_cells(stem, batch_index, cells, g, e)
@@ -149,5 +155,6 @@ class KeptCellUpBlock(nn.Module):
         d, h, w = refined.shape[2] - e, refined.shape[3] - e, refined.shape[4] - e
         refined, coarse_centres = refined[:, :, e:d, e:h, e:w], coarse_crops[:, :, e:d, e:h, e:w]  # (M, C_1, *cell)
         # forward: exactly `refined` (keep is 1 there); backward: d/d keep = refined - coarse
+        cell = (cells[:, 0] * g[1] + cells[:, 1]) * g[2] + cells[:, 2]
         weight = keep[batch_index, cell].to(refined.dtype)[:, None, None, None, None]
         return paste_cells(coarse, coarse_centres + weight * (refined - coarse_centres), batch_index, cells, g)

@@ -33,7 +33,7 @@ from torch import nn
 
 from tokenseg.networks.blocks import BLOCK_TYPES, EncoderStage, TokenMixerBlock
 from tokenseg.networks.cells import choose_grid
-from tokenseg.networks.decoder import REFINEMENT_MODES, SparseToDenseDecoder
+from tokenseg.networks.decoder import SparseToDenseDecoder
 from tokenseg.networks.selection import SELECTION_MODES, select_tokens
 from tokenseg.networks.tokenizer import BoundaryAwareTokenizer
 
@@ -147,8 +147,6 @@ class TokenSeg(nn.Module):
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}.")
         if selection not in SELECTION_MODES:
             raise ValueError(f"selection must be one of {SELECTION_MODES}, got {selection!r}.")
-        if refinement not in REFINEMENT_MODES:
-            raise ValueError(f"refinement must be one of {REFINEMENT_MODES}, got {refinement!r}.")
         if token_dim % mixer_heads:
             raise ValueError(f"token_dim ({token_dim}) must be divisible by mixer_heads ({mixer_heads}).")
         self._check_spatial(self.img_size, "img_size")
@@ -175,7 +173,6 @@ class TokenSeg(nn.Module):
                 f"(grids {self.grids} for img_size {self.img_size}), got K = {num_kept_tokens}."
             )
         self.gumbel_tau = gumbel_tau
-        self.refinement = refinement
 
         channels = [in_channels, *widths]
         # with "kept" refinement the first level's blocks run in the decoder, in the kept cells only
