@@ -36,6 +36,7 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from tokenseg.bench.learning import plot
 from tokenseg.bench.models import MODEL_SETTINGS, MODELS
 from tokenseg.bench.tables import accuracy_table
 from tokenseg.data.datalist import load_datalist
@@ -71,8 +72,9 @@ def bundle_run(bundle: Path, run_id: str, configs: list[str], args_file: Path, l
     return log.read_text()
 
 
-def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: int, seed: int) -> dict:
-    args = {"bundle_root": str(bundle), "dataset_dir": dataset_dir, "epochs": epochs, "val_interval": epochs,
+def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: int, val_interval: int,
+              seed: int) -> dict:
+    args = {"bundle_root": str(bundle), "dataset_dir": dataset_dir, "epochs": epochs, "val_interval": val_interval,
             "num_workers": 0, "seed": seed, **DATASETS[dataset][1]}
     if model == "tokenseg":
         return args  # the bundle as shipped
@@ -91,15 +93,24 @@ def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: 
 
 
 def write_report(report: dict, out: Path) -> None:
-    """accuracy.json (for ``python -m tokenseg.bench --accuracy``) and accuracy.md."""
+    """accuracy.json (for ``python -m tokenseg.bench --accuracy``), accuracy.md and the validation curves
+    (accuracy_val_curves.png: has every model converged in the budget?)."""
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
     lines = accuracy_table(report)
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
+    curves = {model: {seed: r["val_curve"] for seed, r in m["per_seed"].items() if r.get("val_curve")}
+              for model, m in report["models"].items()}
+    curves = {model: seeds for model, seeds in curves.items() if seeds}
+    if curves:
+        plot(curves, out / "accuracy_val_curves.png", ylabel="validation Dice",
+             title=f"Validation Dice while training ({report['dataset'].split(':')[0]}; one line per seed)")
 
 
-def train_and_test(model: str, run_dir: Path, args_file: Path) -> dict:
-    """One training run and its test evaluation in ``run_dir``; the figures of the test split."""
+def train_and_test(model: str, run_dir: Path, args_file: Path, iterations: int) -> dict:
+    """One training run and its test evaluation in ``run_dir``: the figures of the test split (of the
+    checkpoint with the best validation Dice, as the bundle saves it) and the validation curve
+    [[optimisation step, val Dice], ...] (``iterations`` steps an epoch)."""
     bundle = run_dir / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
     shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "data"))
@@ -115,6 +126,8 @@ def train_and_test(model: str, run_dir: Path, args_file: Path) -> dict:
         "test_hd95_mm": metrics["val_hd95"],
         "train_seconds": round(seconds, 1),
     }
+    result["val_curve"] = [[int(epoch) * iterations, float(dice)]
+                           for epoch, dice in re.findall(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)", log)]
     hit_rates = re.findall(r"boundary_hit_rate: ([0-9.]+)", log)
     if hit_rates:
         result["boundary_hit_rate_last_epoch"] = float(hit_rates[-1])
@@ -124,7 +137,9 @@ def train_and_test(model: str, run_dir: Path, args_file: Path) -> dict:
 def summarise(per_seed: dict[str, dict]) -> dict:
     """Mean (and standard deviation over seeds, ``<name>_sd``) of every figure, with the seeds' own figures."""
     summary: dict = {"per_seed": per_seed}
-    for name in next(iter(per_seed.values())):
+    for name, first in next(iter(per_seed.values())).items():
+        if isinstance(first, list):  # a curve: each seed's stays in per_seed
+            continue
         values = [r[name] for r in per_seed.values() if name in r]
         summary[name] = round(statistics.fmean(values), 4)
         if len(values) > 1:
@@ -139,6 +154,9 @@ def main() -> None:
     parser.add_argument("--dataset", choices=list(DATASETS), default="demo")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--val-interval", type=int, default=None,
+                        help="validate every this many epochs (default: once, at the end); the curve shows "
+                             "whether a model has converged, and the test uses the best validated checkpoint")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "accuracy")
     parser.add_argument("--update", action="store_true",
                         help="keep what --out/accuracy.json holds (same budget) and add or replace these models' seeds")
@@ -176,9 +194,10 @@ def main() -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
             args_file = run_dir / "overrides.json"
             args_file.write_text(json.dumps(
-                overrides(model, run_dir / "bundle", args.dataset, dataset_dir, args.epochs, seed), indent=2))
+                overrides(model, run_dir / "bundle", args.dataset, dataset_dir, args.epochs,
+                          args.val_interval or args.epochs, seed), indent=2))
             print(f"{model} seed {seed}: training {args.epochs} epochs (progress in {run_dir / 'train.log'})", flush=True)
-            per_seed[str(seed)] = train_and_test(model, run_dir, args_file)
+            per_seed[str(seed)] = train_and_test(model, run_dir, args_file, iterations)
             print(model, seed, per_seed[str(seed)], flush=True)
             report["models"][model] = summarise(per_seed)
             write_report(report, args.out)  # after every run: a long run stopped midway keeps what it measured

@@ -114,7 +114,9 @@ def summarise(results: dict[str, dict[str, list]]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict[str, list]], path: Path) -> None:
+def plot(results: dict[str, dict[str, list]], path: Path, ylabel: str = "Dice of the whole case",
+         title: str = "Fitting one small target (one line per seed)") -> None:
+    """One line per model and seed of ``results`` {model: {seed: [[step, dice], ...]}}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,8 +127,7 @@ def plot(results: dict[str, dict[str, list]], path: Path) -> None:
         for number, curve in enumerate(seeds.values()):
             steps, dice = zip(*curve)
             axis.plot(steps, dice, color=f"C{index}", alpha=0.8, label=model if number == 0 else None)
-    axis.set(xlabel="optimisation step", ylabel="Dice of the whole case", ylim=(0, 1),
-             title="Fitting one small target (one line per seed)")
+    axis.set(xlabel="optimisation step", ylabel=ylabel, ylim=(0, 1), title=title)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -11,8 +11,8 @@ an ``AddSkipUpBlock``. The last step, to the first level (half resolution,
 the most expensive), depends on ``refinement``:
 
 - ``"kept"``: a ``KeptCellUpBlock``: convolutions (the first level's encoder
-  blocks and the decoder's) only inside the kept first-level cells, its
-  skip the stem's output plus the tokens;
+  blocks and the decoder's) only inside the kept first-level cells; its skip
+  is the tokens alone, and the stem's output enters in the kept cells only;
 - ``"dense"``: an ``AddSkipUpBlock`` like the others, its skip the encoder's
   refined first level plus the tokens.
 """
@@ -86,10 +86,13 @@ class TokenInjection(nn.Module):
 
     def forward(self, feature: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """feature (B, C, D_l, H_l, W_l); tokens (B, N_l, E); keep (B, N_l), 0 on dropped tokens."""
+        return feature + self.painted(tokens, keep, list(feature.shape[2:]))
+
+    def painted(self, tokens: torch.Tensor, keep: torch.Tensor, size: List[int]) -> torch.Tensor:
+        """What the tokens add alone: (B, C, *size), zero in dropped cells."""
         values = self.reproject(tokens) * keep[..., None].to(tokens.dtype)  # (B, N_l, C), zero in dropped cells
-        cells = values.transpose(1, 2).reshape(feature.shape[0], -1, self.grid[0], self.grid[1], self.grid[2])
-        painted = expand_cells(cells, list(feature.shape[2:]))  # (B, C, D_l, H_l, W_l)
-        return feature + torch.tanh(self.gate).view(1, -1, 1, 1, 1) * painted
+        cells = values.transpose(1, 2).reshape(tokens.shape[0], -1, self.grid[0], self.grid[1], self.grid[2])
+        return torch.tanh(self.gate).view(1, -1, 1, 1, 1) * expand_cells(cells, size)  # (B, C, *size)
 
 
 class SparseToDenseDecoder(nn.Module):
@@ -143,7 +146,10 @@ class SparseToDenseDecoder(nn.Module):
         level_keep = keep_mask.split(self.cells_per_level, dim=1)
         levels: List[torch.Tensor] = []
         for level, injection in enumerate(self.injections):
-            levels.append(injection(features[level], level_tokens[level], level_keep[level]))
+            if level == 0 and self.kept_cell_step is not None:  # the stem enters in kept cells only
+                levels.append(injection.painted(level_tokens[0], level_keep[0], list(features[0].shape[2:])))
+            else:
+                levels.append(injection(features[level], level_tokens[level], level_keep[level]))
         x = levels[-1]
         for step, up in enumerate(self.up_blocks):
             x = up(x, levels[-2 - step])

@@ -101,13 +101,19 @@ def paste_cells(
 class KeptCellUpBlock(nn.Module):
     """The decoder's last step when the first level is refined only in its kept cells.
 
-    x (B, C_2, D_2, H_2, W_2), skip = stem + tokens (B, C_1, 2 D_2, 2 H_2, 2 W_2),
-    stem (B, C_1, ...) and keep (B, N_1) -> (B, C_1, 2 D_2, 2 H_2, 2 W_2):
+    x (B, C_2, D_2, H_2, W_2), tokens (B, C_1, 2 D_2, 2 H_2, 2 W_2) (the first
+    level's painted tokens), stem (B, C_1, ...) and keep (B, N_1)
+    -> (B, C_1, 2 D_2, 2 H_2, 2 W_2):
 
-    - everywhere: ``coarse = upsample(x) + skip``, no convolution;
-    - in kept cells: ``fuse(coarse - stem + blocks(stem))``, the first level's
+    - everywhere: ``coarse = upsample(x) + tokens``, no convolution;
+    - in kept cells: ``fuse(coarse + blocks(stem))``, the first level's
       encoder blocks and the decoder's 3x3x3 convolution of a dense
       ``AddSkipUpBlock`` step, run on those cells (with ``halo``) alone.
+
+    The stem's output reaches the head only through the kept cells' blocks:
+    added everywhere, it was a shallow path from a single strided convolution
+    to the head, and on unseen small targets it painted scattered false
+    positives in dropped cells (``docs/benchmarks.md``).
 
     The output is the refined value in kept cells and ``coarse`` elsewhere;
     the keep mask's soft gradient (soft top-K) sees the difference refinement
@@ -144,14 +150,14 @@ class KeptCellUpBlock(nn.Module):
         )
         self.fuse = Convolution(3, out_channels, out_channels, kernel_size=3, norm=norm_name, act=act_name, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, stem: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        coarse = self.upsample(x) + skip
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, stem: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        coarse = self.upsample(x) + tokens
         g = self.grid
         batch_index, cells = kept_cells(keep, g)
         e = self.halo
         coarse_crops = gather_cells(coarse, batch_index, cells, g, e)  # (M, C_1, *crop)
         stem_crops = gather_cells(stem, batch_index, cells, g, e)
-        refined = self.fuse(coarse_crops - stem_crops + self.blocks(stem_crops))
+        refined = self.fuse(coarse_crops + self.blocks(stem_crops))
         d, h, w = refined.shape[2] - e, refined.shape[3] - e, refined.shape[4] - e
         refined, coarse_centres = refined[:, :, e:d, e:h, e:w], coarse_crops[:, :, e:d, e:h, e:w]  # (M, C_1, *cell)
         # forward: exactly `refined` (keep is 1 there); backward: d/d keep = refined - coarse
