@@ -39,6 +39,8 @@ MODELS: dict[str, Builder] = {
     "tokenseg_codebook64": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=64),
     "tokenseg_no_vq": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=0),
     "tokenseg_narrow": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, widths=(16, 32, 64, 128)),
+    "tokenseg_dca": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, skip_type="dca"),
+    "tokenseg_mta": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, token_completion="mta"),
     "unet": lambda i, o, s, sp: UNet(
         3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
     ),
@@ -62,6 +64,8 @@ MODEL_SETTINGS: dict[str, str] = {
     "tokenseg_codebook64": "TokenSeg defaults with a codebook of 64 codes instead of 4096",
     "tokenseg_no_vq": "TokenSeg defaults without quantization (codebook_size=0)",
     "tokenseg_narrow": "TokenSeg defaults with the widths of TokenSeg 0.3, 16/32/64/128",
+    "tokenseg_dca": "TokenSeg defaults with Dual Cross-Attention on the skips (skip_type='dca')",
+    "tokenseg_mta": "TokenSeg defaults with Multi-layer Token Assembly (token_completion='mta')",
     "unet": "UNet channels 16..256, strides 2, 2 residual units, batch norm (spleen_ct_segmentation)",
     "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",
     "unetr": "UNETR feature_size 16, hidden 768, 12 heads, patch 16",
@@ -77,6 +81,8 @@ ABLATIONS = (
     "tokenseg_no_tokens",
     "tokenseg_codebook64",
     "tokenseg_no_vq",
+    "tokenseg_dca",
+    "tokenseg_mta",
 )
 
 

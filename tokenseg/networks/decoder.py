@@ -136,20 +136,24 @@ class SparseToDenseDecoder(nn.Module):
                 dropout,
             )
 
-    def forward(self, features: List[torch.Tensor], tokens: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: List[torch.Tensor], tokens: torch.Tensor, keep_mask: torch.Tensor, paint_mask: torch.Tensor
+    ) -> torch.Tensor:
         """features: finest first (with ``"kept"`` refinement the first is the stem's output); tokens (B, N, E);
-        keep_mask (B, N).
+        keep_mask (B, N): the kept tokens, whose first-level cells are refined; paint_mask (B, N): the tokens
+        painted into their cells (the keep mask, or all ones when the dropped tokens were completed).
 
         Returns (B, C_1, D_1, H_1, W_1) at the first level's resolution.
         """
         level_tokens = tokens.split(self.cells_per_level, dim=1)
         level_keep = keep_mask.split(self.cells_per_level, dim=1)
+        level_paint = paint_mask.split(self.cells_per_level, dim=1)
         levels: List[torch.Tensor] = []
         for level, injection in enumerate(self.injections):
             if level == 0 and self.kept_cell_step is not None:  # the stem enters in kept cells only
-                levels.append(injection.painted(level_tokens[0], level_keep[0], list(features[0].shape[2:])))
+                levels.append(injection.painted(level_tokens[0], level_paint[0], list(features[0].shape[2:])))
             else:
-                levels.append(injection(features[level], level_tokens[level], level_keep[level]))
+                levels.append(injection(features[level], level_tokens[level], level_paint[level]))
         x = levels[-1]
         for step, up in enumerate(self.up_blocks):
             x = up(x, levels[-2 - step])

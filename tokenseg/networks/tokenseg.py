@@ -6,6 +6,8 @@ Where the tensor changes shape, for input x (B, C_in, D, H, W) and L levels:
 - tokenizer: f_l -> N candidate tokens (B, N, E) and scores (B, N)
 - selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N)
 - mixer:     kept tokens (B, K, E) -> (B, K, E) (transformer blocks)
+- optional, ``token_completion="mta"``: kept and pruned tokens -> completed tokens (B, N, E)
+- optional, ``skip_type="dca"``: skip levels f_1 .. f_{L-1} -> same shapes (dual cross-attention)
 - decoder:   kept tokens back into their cells, upsampling with skips -> (B, C_1, D/2, H/2, W/2);
              with ``refinement="kept"`` the first level's convolutions (its
              encoder blocks and the decoder's) run only in the kept first-level cells
@@ -24,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Dict, List, NamedTuple, Union
+from typing import Dict, List, NamedTuple, Optional, Union
 
 import torch
 from monai.networks.blocks import Convolution
@@ -34,10 +36,15 @@ from torch import nn
 from tokenseg.networks.blocks import BLOCK_TYPES, EncoderStage, TokenMixerBlock
 from tokenseg.networks.cells import choose_grid
 from tokenseg.networks.decoder import SparseToDenseDecoder
+from tokenseg.networks.dual_cross_attention import DualCrossAttention
 from tokenseg.networks.selection import SELECTION_MODES, select_tokens
+from tokenseg.networks.token_assembly import MultiLayerTokenAssembly
 from tokenseg.networks.tokenizer import BoundaryAwareTokenizer
 
-__all__ = ["TokenSeg", "TokenSegOutput"]
+__all__ = ["TokenSeg", "TokenSegOutput", "SKIP_TYPES", "TOKEN_COMPLETIONS"]
+
+SKIP_TYPES = ("plain", "dca")
+TOKEN_COMPLETIONS = ("none", "mta")
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +104,14 @@ class TokenSeg(nn.Module):
             first-level cells (its encoder blocks run there, in the decoder;
             the coarser levels read the stem's output); ``"dense"``,
             everywhere (TokenSeg 0.4).
+        skip_type: ``"plain"`` (the encoder's features are the decoder's
+            skips) or ``"dca"``: Dual Cross-Attention over the skip levels
+            (``DualCrossAttention``, Ates et al. 2023).
+        token_completion: ``"none"`` (dropped tokens stay empty in the
+            decoder) or ``"mta"``: Multi-layer Token Assembly fills them from
+            the tokenizer's tokens and mixes all N (``MultiLayerTokenAssembly``,
+            Zhou et al. 2023); the first level is still refined only in the
+            kept cells.
         gumbel_tau: temperature of the soft top-K.
         mixer_depth: transformer blocks over the kept tokens.
         mixer_heads: attention heads in the mixer.
@@ -130,6 +145,8 @@ class TokenSeg(nn.Module):
         ema_decay: float = 0.99,
         selection: str = "soft_topk",
         refinement: str = "kept",
+        skip_type: str = "plain",
+        token_completion: str = "none",
         gumbel_tau: float = 1.0,
         mixer_depth: int = 2,
         mixer_heads: int = 8,
@@ -147,6 +164,10 @@ class TokenSeg(nn.Module):
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}.")
         if selection not in SELECTION_MODES:
             raise ValueError(f"selection must be one of {SELECTION_MODES}, got {selection!r}.")
+        if skip_type not in SKIP_TYPES:
+            raise ValueError(f"skip_type must be one of {SKIP_TYPES}, got {skip_type!r}.")
+        if token_completion not in TOKEN_COMPLETIONS:
+            raise ValueError(f"token_completion must be one of {TOKEN_COMPLETIONS}, got {token_completion!r}.")
         if token_dim % mixer_heads:
             raise ValueError(f"token_dim ({token_dim}) must be divisible by mixer_heads ({mixer_heads}).")
         self._check_spatial(self.img_size, "img_size")
@@ -187,6 +208,12 @@ class TokenSeg(nn.Module):
         self.mixer = nn.Sequential(
             *(TokenMixerBlock(token_dim, 4 * token_dim, mixer_heads, dropout) for _ in range(mixer_depth))
         )
+        self.token_assembly: Optional[MultiLayerTokenAssembly] = None
+        if token_completion == "mta":
+            self.token_assembly = MultiLayerTokenAssembly(self.num_tokens, token_dim, mixer_heads, dropout)
+        self.skip_attention: Optional[DualCrossAttention] = None
+        if skip_type == "dca":
+            self.skip_attention = DualCrossAttention(widths[:-1], norm_name, act_name)
         self.decoder = SparseToDenseDecoder(
             widths, self.grids, token_dim, norm_name, act_name, dropout, refinement, depths[0], block_type
         )
@@ -251,7 +278,13 @@ class TokenSeg(nn.Module):
         # the keep mask, whose soft gradient tells the scorer what keeping them
         # would have changed.
         tokens = tokenized.tokens.scatter(1, index, mixed)
-        logits = self.head(self.decoder(features, tokens, keep_mask))
+        paint_mask = keep_mask
+        if self.token_assembly is not None:  # every position gets a token; refinement still follows keep_mask
+            tokens = self.token_assembly(tokens, tokenized.tokens, keep_mask)
+            paint_mask = torch.ones_like(keep_mask)
+        if self.skip_attention is not None:
+            features = self.skip_attention(features[:-1]) + features[-1:]
+        logits = self.head(self.decoder(features, tokens, keep_mask, paint_mask))
         return TokenSegOutput(
             logits,
             tokenized.scores,
