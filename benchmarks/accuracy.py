@@ -104,7 +104,7 @@ def write_report(report: dict, out: Path) -> None:
     curves = {model: seeds for model, seeds in curves.items() if seeds}
     if curves:
         plot(curves, out / "accuracy_val_curves.png", ylabel="validation Dice",
-             title=f"Validation Dice while training ({report['dataset'].split(':')[0]}; one line per seed)")
+             title=f"Validation Dice while training\n{report['dataset'].split(':')[0]}, one line per seed")
 
 
 def train_and_test(model: str, run_dir: Path, args_file: Path, iterations: int) -> dict:
