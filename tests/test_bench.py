@@ -92,18 +92,22 @@ def test_profile_times_every_part_of_tokenseg():
     assert "conv" in figures["operators"]  # slow_conv3d_forward or mkldnn_convolution, by input size
 
 
-def test_accuracy_over_seeds_reports_mean_and_spread():
-    from benchmarks.accuracy import summarise
+def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
+    from benchmarks.accuracy import summarise, write_report
     from tokenseg.bench.tables import accuracy_table
 
-    per_seed = {str(s): {"test_dice": d, "test_iou": d - 0.1, "test_hd95_mm": 2.0, "train_seconds": 10.0}
+    per_seed = {str(s): {"test_dice": d, "test_iou": d - 0.1, "test_hd95_mm": 2.0, "train_seconds": 10.0,
+                         "val_curve": [[60, d - 0.2], [120, d - 0.1]]}
                 for s, d in enumerate([0.80, 0.84, 0.88])}
     result = summarise(per_seed)
     assert result["test_dice"] == pytest.approx(0.84) and result["test_dice_sd"] == pytest.approx(0.04)
-    assert result["per_seed"] == per_seed
-    table = accuracy_table({"dataset": "small", "patch_size": [64, 64, 16], "epochs": 25, "seeds": [0, 1, 2],
-                            "optimisation_steps": 150, "patches_per_step": 4, "models": {"unet": result}})
+    assert result["per_seed"] == per_seed and "val_curve" not in result  # curves stay per seed
+    report = {"dataset": "small", "patch_size": [64, 64, 16], "epochs": 25, "seeds": [0, 1, 2],
+              "optimisation_steps": 150, "patches_per_step": 4, "models": {"unet": result}}
+    table = accuracy_table(report)
     assert "3 seed(s)" in table[0] and "| unet | 0.840 ± 0.040 |" in table[-1]
+    write_report(report, tmp_path)
+    assert (tmp_path / "accuracy_val_curves.png").stat().st_size > 0
 
 
 def test_resenc_m_is_planned_like_nnunet_for_thick_slices():
