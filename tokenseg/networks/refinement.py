@@ -111,9 +111,8 @@ class KeptCellUpBlock(nn.Module):
       ``AddSkipUpBlock`` step, run on those cells (with ``halo``) alone.
 
     The stem's output reaches the head only through the kept cells' blocks:
-    added everywhere, it was a shallow path from a single strided convolution
-    to the head, and on unseen small targets it painted scattered false
-    positives in dropped cells (``docs/benchmarks.md``).
+    added everywhere (TokenSeg 0.5), it was a shallow path from a single
+    strided convolution to the head (``docs/benchmarks.md``, "TokenSeg 0.6").
 
     The output is the refined value in kept cells and ``coarse`` elsewhere;
     the keep mask's soft gradient (soft top-K) sees the difference refinement
