@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import List
+from typing import List, Tuple
 
 import torch
 from monai.networks.blocks import Convolution
@@ -60,23 +60,35 @@ class LevelProjections(nn.Module):
         self.output = DepthwiseProjection(channels)
 
 
-class ChannelCrossAttention(nn.Module):
-    """Each level's channels attend to the channels of all levels.
+class LevelCrossAttention(nn.Module):
+    """What channel and spatial cross-attention share: each level's ``LevelProjections``, the joint width
+    C = sum C_s and its scale, and the normed tokens with their concatenation."""
+
+    def __init__(self, level_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.joint_channels = sum(level_channels)
+        self.levels = nn.ModuleList(LevelProjections(c) for c in level_channels)
+        self.scale = 1.0 / math.sqrt(self.joint_channels)
+
+    def normed(self, tokens: List[torch.Tensor]) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """tokens: one (B, P, C_s) per level -> each level's normed tokens and their concatenation (B, P, C)."""
+        normed = [part.norm(tokens[level]) for level, part in enumerate(self.levels)]
+        return normed, torch.cat(normed, dim=2)
+
+
+class ChannelCrossAttention(LevelCrossAttention):
+    """Each level's channels attend to the channels of all levels (each level projects its queries).
 
     tokens: one (B, P, C_s) per level -> the same list (residual added), C = sum C_s.
     """
 
     def __init__(self, level_channels: Sequence[int]) -> None:
-        super().__init__()
-        total = sum(level_channels)
-        self.levels = nn.ModuleList(LevelProjections(c) for c in level_channels)  # each projects its queries
-        self.key = DepthwiseProjection(total)
-        self.value = DepthwiseProjection(total)
-        self.scale = 1.0 / math.sqrt(total)
+        super().__init__(level_channels)
+        self.key = DepthwiseProjection(self.joint_channels)
+        self.value = DepthwiseProjection(self.joint_channels)
 
     def forward(self, tokens: List[torch.Tensor]) -> List[torch.Tensor]:
-        normed = [part.norm(tokens[level]) for level, part in enumerate(self.levels)]
-        joint = torch.cat(normed, dim=2)  # (B, P, C)
+        normed, joint = self.normed(tokens)
         key, value = self.key(joint), self.value(joint)
         out: List[torch.Tensor] = []
         for level, part in enumerate(self.levels):
@@ -86,23 +98,20 @@ class ChannelCrossAttention(nn.Module):
         return out
 
 
-class SpatialCrossAttention(nn.Module):
-    """Each level's positions attend to the positions of all levels, with the joint channels as keys.
+class SpatialCrossAttention(LevelCrossAttention):
+    """Each level's positions attend to the positions of all levels, with the joint channels as keys (each
+    level projects its values).
 
     tokens: one (B, P, C_s) per level -> the same list (residual added).
     """
 
     def __init__(self, level_channels: Sequence[int]) -> None:
-        super().__init__()
-        total = sum(level_channels)
-        self.levels = nn.ModuleList(LevelProjections(c) for c in level_channels)  # each projects its values
-        self.query = DepthwiseProjection(total)
-        self.key = DepthwiseProjection(total)
-        self.scale = 1.0 / math.sqrt(total)
+        super().__init__(level_channels)
+        self.query = DepthwiseProjection(self.joint_channels)
+        self.key = DepthwiseProjection(self.joint_channels)
 
     def forward(self, tokens: List[torch.Tensor]) -> List[torch.Tensor]:
-        normed = [part.norm(tokens[level]) for level, part in enumerate(self.levels)]
-        joint = torch.cat(normed, dim=2)  # (B, P, C)
+        normed, joint = self.normed(tokens)
         attention = torch.softmax(self.query(joint) @ self.key(joint).transpose(1, 2) * self.scale, dim=-1)  # (B, P, P)
         out: List[torch.Tensor] = []
         for level, part in enumerate(self.levels):
