@@ -1,7 +1,14 @@
-"""MONAI Label app serving the TokenSeg bundle: segmentation, retraining, active learning.
+"""MONAI Label app serving the TokenSeg bundle: automatic and interactive segmentation, retraining, active learning.
 
     python -m monailabel.main start_server --app monailabel_app --studies <folder> \
-        --conf models tokenseg --host 127.0.0.1 --port 8000
+        --conf models all --host 127.0.0.1 --port 8000
+
+Models (``--conf models``: ``all``, the default, or a comma-separated list):
+``tokenseg``, the automatic model (type ``segmentation``), and
+``tokenseg_deepedit``, the interactive one (type ``deepedit``: Slicer and OHIF
+show their click tools; a request without clicks gets the automatic model's
+answer). Both are the bundle's, with their own weights; training either
+uses the same final labels and validation cases.
 
 ``--conf`` options (all optional; README.md has them all, with a new task from zero step by step):
 
@@ -52,17 +59,20 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
 import tokenseg
+from tokenseg.bundle_task import INTERACTIVE_WEIGHTS
 
 from lib.datastore import CheckedDatastore, check_image_id
 from lib.dicomweb import PhaseStackDICOMwebDatastore
-from lib.infer import NO_MODEL, TrainedModel, UntrainedModel, check_image
+from lib.infer import NO_MODEL, InteractiveModel, TrainedModel, UntrainedModel, check_image, clicks_of
 from lib.scoring import SCORE_KEY, BoundaryTokenEntropyScoring
 from lib.task import prepare_task
-from lib.train import TokenSegTrainTask
+from lib.train import InteractiveTrainTask, TokenSegTrainTask
 
 logger = logging.getLogger(__name__)
 
 MODEL = "tokenseg"
+INTERACTIVE_MODEL = "tokenseg_deepedit"
+MODELS = (MODEL, INTERACTIVE_MODEL)
 DICOMWEB_FILTER = {"Modality": "MR"}
 MONAI_LABEL_DEFAULT_FILTER = {"Modality": "CT"}
 SEG_TOOL = "itkimage2segimage"
@@ -82,9 +92,7 @@ def find_seg_tool() -> str:
 
 class TokenSegApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
-        models = conf.get("models", MODEL)
-        if models not in (MODEL, "all"):
-            raise ValueError(f"this app serves the '{MODEL}' model only; got --conf models {models}.")
+        self.models = served_models(conf.get("models", "all"))
         source = Path(conf.get("bundle", Path(app_dir).resolve().parent / "bundle"))
         model_dir = Path(conf.get("model_dir", Path(app_dir) / "model"))
         self.task = prepare_task(source, model_dir / MODEL, conf, studies)
@@ -138,17 +146,37 @@ class TokenSegApp(MONAILabelApp):
             num_phases=self.task.spec["in_channels"],
         )
 
-    def _model_task(self) -> InferTask:
-        if self.task.checkpoint.exists():
-            return TrainedModel(self.bundle_dir, self.conf, self.task.start_weights)
-        description = f"TokenSeg for {', '.join(self.task.spec['labels'])} (not trained yet)"
-        return UntrainedModel(self.task.spec["labels"], description, self.task.start_weights)
+    def _checkpoint(self, model: str) -> Path:
+        return self.task.checkpoint if model == MODEL else self.task.bundle / "models" / INTERACTIVE_WEIGHTS
+
+    def _model_task(self, model: str) -> InferTask:
+        labels = ", ".join(self.task.spec["labels"])
+        if model == MODEL:
+            if self.task.checkpoint.exists():
+                return TrainedModel(self.bundle_dir, self.conf, self.task.start_weights)
+            return UntrainedModel(
+                self.task.spec["labels"], f"TokenSeg for {labels} (not trained yet)", self.task.start_weights
+            )
+        start = "the automatic model's weights (every layer that fits) when it has any, else from scratch"
+        if self._checkpoint(model).exists():
+            return InteractiveModel(self.bundle_dir, self.conf, start)
+        return UntrainedModel(
+            {"background": 0, **self.task.spec["labels"]},
+            f"Interactive TokenSeg for {labels}: clicks refine it (not trained yet)",
+            start,
+            type="deepedit",
+        )
 
     def init_infers(self) -> dict[str, InferTask]:
-        return {MODEL: self._model_task()}
+        return {model: self._model_task(model) for model in self.models}
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        return {MODEL: TokenSegTrainTask(self.bundle_dir, self.conf, self.train_defaults, self.task.pretrained_path)}
+        trainers: dict[str, TrainTask] = {}
+        if MODEL in self.models:
+            trainers[MODEL] = TokenSegTrainTask(self.bundle_dir, self.conf, self.train_defaults, self.task.pretrained_path)
+        if INTERACTIVE_MODEL in self.models:
+            trainers[INTERACTIVE_MODEL] = InteractiveTrainTask(self.bundle_dir, self.conf, self.train_defaults)
+        return trainers
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {
@@ -160,19 +188,20 @@ class TokenSegApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         return {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_dir, self.train_defaults["device"])}
 
-    def _current_model(self) -> InferTask:
+    def _current_model(self, model: str) -> InferTask:
         """The served model; the bundle task replaces the untrained one once training has written a checkpoint."""
-        if isinstance(self._infers.get(MODEL), UntrainedModel) and self.task.checkpoint.exists():
-            self._infers[MODEL] = self._model_task()
-        return self._infers[MODEL]
+        if isinstance(self._infers.get(model), UntrainedModel) and self._checkpoint(model).exists():
+            self._infers[model] = self._model_task(model)
+        return self._infers[model]
 
     def info(self):
-        self._current_model()
+        for model in self.models:
+            self._current_model(model)
         return super().info()
 
     def infer(self, request, datastore=None):
-        image = request.get("image")
-        if request.get("model") == MODEL and isinstance(image, str) and "session" not in request:
+        image, model = request.get("image"), request.get("model")
+        if model in self.models and isinstance(image, str) and "session" not in request:
             store = datastore or self.datastore()
             if _is_upload(image):
                 check_image("uploaded image", image, self.task.spec["in_channels"])
@@ -184,9 +213,20 @@ class TokenSegApp(MONAILabelApp):
             else:
                 check_image_id(image)
                 raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore.")
-        if request.get("model") == MODEL:
-            self._current_model()
+            if model == INTERACTIVE_MODEL:
+                request = self._route_clicks(request, image, image if _is_upload(image) else store.get_image_uri(image))
+        if request.get("model") in self.models:
+            self._current_model(request["model"])
         return super().infer(request, datastore)
+
+    def _route_clicks(self, request: dict, image_id: str, path: str) -> dict:
+        """Check the interactive request's clicks (HTTP 400); without any, the automatic model answers it."""
+        labels = {"background": 0, **self.task.spec["labels"]}
+        clicks = clicks_of(request, labels, "uploaded image" if _is_upload(image_id) else image_id, path)
+        automatic = self._current_model(MODEL) if MODEL in self.models else None
+        if not any(clicks.values()) and isinstance(automatic, TrainedModel):
+            return {**request, "model": MODEL}
+        return request
 
     def batch_infer(self, request, datastore=None):
         if torch.cuda.device_count() < 2:  # MONAI Label 0.8.5 spreads images over "all" GPUs: a division by 0 without
@@ -196,7 +236,9 @@ class TokenSegApp(MONAILabelApp):
     def check_train_request(self, model: str) -> None:
         """HTTP 4xx, before any training process starts, for what cannot train."""
         if model not in self._trainers:
-            raise HTTPException(status_code=404, detail=f"no trainer for model {model!r}; this app trains {MODEL!r}.")
+            raise HTTPException(
+                status_code=404, detail=f"no trainer for model {model!r}; this app trains {list(self._trainers)}."
+            )
         if not self.datastore().get_labeled_images():
             raise HTTPException(
                 status_code=400, detail="no final labels yet: save at least one label before training."
@@ -205,8 +247,8 @@ class TokenSegApp(MONAILabelApp):
     def check_batch_infer_request(self, model: str, params: Optional[dict]) -> None:
         """HTTP 4xx, before the batch process starts: an unknown or untrained model, or masks aimed at final labels."""
         if model not in self._infers:
-            raise HTTPException(status_code=404, detail=f"no model {model!r}; this app serves {MODEL!r}.")
-        if isinstance(self._current_model(), UntrainedModel):
+            raise HTTPException(status_code=404, detail=f"no model {model!r}; this app serves {list(self._infers)}.")
+        if isinstance(self._current_model(model), UntrainedModel):
             raise HTTPException(status_code=409, detail=NO_MODEL.format(model=model))
         tag = (params or {}).get("label_tag", DefaultLabelTag.ORIGINAL)
         if tag == DefaultLabelTag.FINAL:
@@ -259,6 +301,15 @@ class TokenSegApp(MONAILabelApp):
             ("/batch/infer/{model}", batch_infer, "Run Batch Inference Task"),
         ):
             server.router.routes.insert(0, APIRoute(path, endpoint, methods=["POST"], summary=summary))
+
+
+def served_models(models: str) -> tuple[str, ...]:
+    """``--conf models``: ``all`` or a comma-separated list of ``MODELS``."""
+    chosen = MODELS if models.strip() == "all" else tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in MODELS]
+    if unknown or not chosen:
+        raise ValueError(f"--conf models must be 'all' or a comma-separated list of {list(MODELS)}; got {models!r}.")
+    return chosen
 
 
 def _is_upload(image: str) -> bool:

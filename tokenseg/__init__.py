@@ -4,6 +4,21 @@ __version__ = "0.6.0"
 
 # Submodules are imported so that bundle configs can write `tokenseg.data.datalist.load_datalist(...)`
 # after a plain `import tokenseg`.
-from tokenseg import bench, boundary, data, handlers, losses, metrics, networks, transforms, uncertainty  # noqa: E402
+from tokenseg import (  # noqa: E402
+    bench,
+    boundary,
+    clicks,
+    data,
+    handlers,
+    interaction,
+    losses,
+    metrics,
+    networks,
+    transforms,
+    uncertainty,
+)
 
-__all__ = ["bench", "boundary", "data", "handlers", "losses", "metrics", "networks", "transforms", "uncertainty"]
+__all__ = [
+    "bench", "boundary", "clicks", "data", "handlers", "interaction", "losses", "metrics", "networks", "transforms",
+    "uncertainty",
+]

@@ -6,9 +6,11 @@ these in every config that defines them (``class_names``, ``in_channels``,
 ``pixdim``, ``patch_size``) and in ``metadata.json`` (input ``channel_def``,
 output ``channel_def`` with the label names, shapes), so that the bundle's
 configs, its metadata and MONAI Label's ``/info`` all describe the same task.
-The source bundle's checkpoint is carried over only when it fits the task's
-network exactly; ``pretrained_state`` gives the part of it that fits when only
-some layers do (the head differs when the label count does).
+The source bundle's checkpoints (the automatic model's ``models/model.pt`` and
+the interactive model's ``models/model_deepedit.pt``, ``BUNDLE_MODELS``) are
+carried over only when they fit the task's networks exactly;
+``pretrained_state`` gives the part of one that fits when only some layers do
+(the head differs when the label count does).
 
 Command line (for bundle users; the MONAI Label app calls the same function)::
 
@@ -36,13 +38,21 @@ from tokenseg.data.checks import read_image_info
 from tokenseg.data.datalist import IMAGE_SUFFIXES
 
 __all__ = [
-    "TaskSpec", "parse_labels", "task_from_images", "write_task_bundle", "read_task", "pretrained_state", "image_files"
+    "BUNDLE_MODELS", "INTERACTIVE_TRAIN_CONFIGS", "INTERACTIVE_WEIGHTS", "TaskSpec", "parse_labels", "task_from_images",
+    "write_task_bundle", "read_task", "pretrained_state", "image_files",
 ]
 
 logger = logging.getLogger(__name__)
 
 METADATA = "metadata.json"
 SIZE_MULTIPLE = 16  # 2 ** number of TokenSeg levels: every patch axis is a multiple of it
+INTERACTIVE_WEIGHTS = "model_deepedit.pt"  # the interactive model's weights in models/
+INTERACTIVE_TRAIN_CONFIGS = ("train.json", "train_deepedit.json")  # its training: the mixin over train.json
+# each model of the bundle: its weights in models/ and the inference configs that build its network, in order
+BUNDLE_MODELS = {
+    "model.pt": ("inference.json",),
+    INTERACTIVE_WEIGHTS: ("inference.json", "inference_deepedit.json"),
+}
 
 
 class TaskSpec(dict):
@@ -182,8 +192,8 @@ def write_task_bundle(
             (``task_from_images``), or the source bundle's.
         images: the task's images, to choose the spacing and patch from.
         channel_names: names of the input channels (metadata ``channel_def``).
-        copy_weights: copy the source's ``models/model.pt`` when ``out`` has no checkpoint
-            and the source's weights load exactly into the task's network.
+        copy_weights: copy each of the source's checkpoints (``BUNDLE_MODELS``) that ``out``
+            does not have and that loads exactly into the task's network.
     """
     source, out = Path(source), Path(out)
     if not (source / "configs" / "inference.json").is_file():
@@ -218,17 +228,20 @@ def write_task_bundle(
             _write_if_changed(target, json.dumps(config, indent=4) + "\n")
         else:
             _write_if_changed(target, path.read_text())
-    checkpoint, source_checkpoint = out / "models" / "model.pt", source / "models" / "model.pt"
-    if copy_weights and not checkpoint.exists() and source_checkpoint.is_file():
-        if pretrained_state(source_checkpoint, out)[1]:
-            partial = checkpoint.with_name(f".{checkpoint.name}.{os.getpid()}")
-            shutil.copy2(source_checkpoint, partial)
-            os.replace(partial, checkpoint)  # never a half-copied checkpoint where inference looks
+    for name, configs in BUNDLE_MODELS.items():
+        checkpoint, source_checkpoint = out / "models" / name, source / "models" / name
+        if copy_weights and not checkpoint.exists() and source_checkpoint.is_file():
+            if pretrained_state(source_checkpoint, out, configs)[1]:
+                partial = checkpoint.with_name(f".{checkpoint.name}.{os.getpid()}")
+                shutil.copy2(source_checkpoint, partial)
+                os.replace(partial, checkpoint)  # never a half-copied checkpoint where inference looks
     return task
 
 
-def pretrained_state(checkpoint: str | os.PathLike, bundle: str | os.PathLike) -> tuple[dict, bool]:
-    """The weights of ``checkpoint`` that fit the network of ``bundle``'s inference config.
+def pretrained_state(
+    checkpoint: str | os.PathLike, bundle: str | os.PathLike, configs: Sequence[str] = BUNDLE_MODELS["model.pt"]
+) -> tuple[dict, bool]:
+    """The weights of ``checkpoint`` that fit the network that ``bundle``'s inference ``configs`` build.
 
     Returns ``(state, complete)``: the tensors whose names and shapes match
     (others, such as a head for another label count, are left out) and
@@ -237,7 +250,7 @@ def pretrained_state(checkpoint: str | os.PathLike, bundle: str | os.PathLike) -
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(Path(bundle) / "configs" / "inference.json"))
+    parser.read_config([str(Path(bundle) / "configs" / name) for name in configs])
     parser["device"] = "$torch.device('cpu')"
     network = parser.get_parsed_content("network_def")
     weights = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -1,4 +1,4 @@
-"""Retraining the TokenSeg bundle from the saved final labels."""
+"""Retraining the TokenSeg bundle's models from the saved final labels: the automatic one and the interactive one."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+from tokenseg.bundle_task import INTERACTIVE_TRAIN_CONFIGS, INTERACTIVE_WEIGHTS
+
 logger = logging.getLogger(__name__)
 
 SPLIT_FILE = "validation_split.json"
-STATS_FILE = "train_stats.json"
 
 
 def assign_split(assigned: dict[str, str], images: list[str], val_split: float) -> dict[str, str]:
@@ -59,6 +60,9 @@ class TokenSegTrainTask(BundleTrainTask):
         pretrained_path: a checkpoint to start from while the task has none.
     """
 
+    model_file = "model.pt"  # in the bundle's models/
+    stats_file = "train_stats.json"  # in the bundle's eval/
+
     def __init__(
         self, path: str, conf: dict[str, str], defaults: dict[str, Any], pretrained_path: str | os.PathLike | None = None
     ) -> None:
@@ -67,11 +71,12 @@ class TokenSegTrainTask(BundleTrainTask):
         self.val_interval = int(conf.get("val_interval", 1))
         self.pretrained_path = pretrained_path
         self.split_path = Path(path) / SPLIT_FILE
-        self.stats_path = Path(path) / "eval" / STATS_FILE
+        self.stats_path = Path(path) / "eval" / self.stats_file
 
     def config(self) -> dict[str, Any]:
         options = super().config()
         options.update({k: v for k, v in self.defaults.items() if k != "tracking"})
+        options["model_filename"] = [self.model_file]
         return options
 
     def stats(self) -> dict[str, Any]:
@@ -110,7 +115,7 @@ class TokenSegTrainTask(BundleTrainTask):
             "_target_": "monailabel.tasks.train.handler.PublishStatsAndModel",
             "stats_path": str(self.stats_path),
             "publish_path": None,
-            "key_metric_filename": "model.pt",
+            "key_metric_filename": self.model_file,
             "start_ts": time.time(),
             "run_id": "run",
             "output_dir": str(self.stats_path.parent),
@@ -123,7 +128,7 @@ class TokenSegTrainTask(BundleTrainTask):
         return overrides
 
     def __call__(self, request, datastore: Datastore):
-        request = {**self.defaults, **request}
+        request = {**self.defaults, **request, "model_filename": self.model_file}
         if float(request.get("val_split", 0)) < 0:
             # MONAI Label's "-1: the bundle's own validation list" would validate on the bundle's demo data
             request["val_split"] = self.defaults["val_split"]
@@ -143,3 +148,23 @@ class TokenSegTrainTask(BundleTrainTask):
             return {}
         with open(path) as f:
             return {name: float(value) for name, value in csv.reader(f)}
+
+
+class InteractiveTrainTask(TokenSegTrainTask):
+    """The interactive model's retraining: the bundle's ``train.json`` with ``train_deepedit.json`` over it.
+
+    DeepEdit's training (MONAI's click simulation from the model's own
+    errors, ``tokenseg.interaction.ClickInteraction``) on the same final
+    labels and validation cases as the automatic model; its first training
+    starts from the automatic model's weights (the mixin's ``initialize``).
+    """
+
+    model_file = INTERACTIVE_WEIGHTS
+    stats_file = "train_stats_deepedit.json"
+
+    def __init__(self, path: str, conf: dict[str, str], defaults: dict[str, Any]) -> None:
+        super().__init__(path, conf, defaults)
+        self.bundle_config_path = [os.path.join(path, "configs", c) for c in INTERACTIVE_TRAIN_CONFIGS]
+
+    def _load_bundle_config(self, path, config):
+        return super()._load_bundle_config(path, [os.path.join(path, "configs", c) for c in INTERACTIVE_TRAIN_CONFIGS])

@@ -4,7 +4,8 @@ Where the tensor changes shape, for input x (B, C_in, D, H, W) and L levels:
 
 - encoder:   x -> f_1 .. f_L, f_l (B, C_l, D/2^l, H/2^l, W/2^l)
 - tokenizer: f_l -> N candidate tokens (B, N, E) and scores (B, N)
-- selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N)
+- selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N); with
+  ``guidance_channels`` (the interactive model) every cell under a click is kept
 - mixer:     kept tokens (B, K, E) -> (B, K, E) (transformer blocks)
 - optional, ``token_completion="mta"``: kept and pruned tokens -> completed tokens (B, N, E)
 - optional, ``skip_type="dca"``: skip levels f_1 .. f_{L-1} -> same shapes (dual cross-attention)
@@ -35,6 +36,7 @@ from torch import nn
 
 from tokenseg.networks.blocks import BLOCK_TYPES, EncoderStage, TokenMixerBlock
 from tokenseg.networks.cells import choose_grid
+from tokenseg.networks.click_cells import clicked_cells
 from tokenseg.networks.decoder import SparseToDenseDecoder
 from tokenseg.networks.dual_cross_attention import DualCrossAttention
 from tokenseg.networks.selection import SELECTION_MODES, select_tokens
@@ -49,6 +51,8 @@ TOKEN_COMPLETIONS = ("none", "mta")
 logger = logging.getLogger(__name__)
 
 _RANDOM_SELECTION_SEED = 0
+# added to the scores of clicked cells: above any learned score, so top-K keeps them
+_CLICK_SCORE_BONUS = 1.0e4
 
 
 class TokenSegOutput(NamedTuple):
@@ -70,7 +74,7 @@ class TokenSeg(nn.Module):
     ``2 ** level``) and cell index (cell_d, cell_h, cell_w) on that level's grid.
 
     Args:
-        in_channels: input channels (e.g. DCE-MRI phases).
+        in_channels: input channels (e.g. DCE-MRI phases), guidance channels included.
         out_channels: output classes, background included.
         img_size: the patch size (D, H, W) the cell grids are laid out for;
             each a multiple of ``2 ** len(widths)``. Other sizes whose every
@@ -118,6 +122,12 @@ class TokenSeg(nn.Module):
         norm_name: MONAI norm name.
         act_name: MONAI activation name.
         dropout: dropout rate used throughout (MONAI Label's epistemic scoring sets it).
+        guidance_channels: the interactive model: the last ``guidance_channels``
+            of the ``in_channels`` are DeepEdit's click channels (one per label,
+            background included; ``monai.apps.deepedit``), 0 for the automatic model.
+        keep_clicked_cells: with guidance channels, keep the token of every
+            cell under a click at every level, whatever its score
+            (``tokenseg.networks.click_cells``); False leaves selection to the scores.
 
     Examples::
 
@@ -153,6 +163,8 @@ class TokenSeg(nn.Module):
         norm_name: str | tuple = "instance",
         act_name: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         dropout: float = 0.0,
+        guidance_channels: int = 0,
+        keep_clicked_cells: bool = True,
     ) -> None:
         super().__init__()
         num_levels = len(widths)
@@ -168,6 +180,10 @@ class TokenSeg(nn.Module):
             raise ValueError(f"skip_type must be one of {SKIP_TYPES}, got {skip_type!r}.")
         if token_completion not in TOKEN_COMPLETIONS:
             raise ValueError(f"token_completion must be one of {TOKEN_COMPLETIONS}, got {token_completion!r}.")
+        if not 0 <= guidance_channels < in_channels:
+            raise ValueError(
+                f"guidance_channels must be at least 0 and below in_channels ({in_channels}), got {guidance_channels}."
+            )
         if token_dim % mixer_heads:
             raise ValueError(f"token_dim ({token_dim}) must be divisible by mixer_heads ({mixer_heads}).")
         self._check_spatial(self.img_size, "img_size")
@@ -194,6 +210,9 @@ class TokenSeg(nn.Module):
                 f"(grids {self.grids} for img_size {self.img_size}), got K = {num_kept_tokens}."
             )
         self.gumbel_tau = gumbel_tau
+        self.guidance_channels = guidance_channels
+        self.keep_clicked_cells = keep_clicked_cells and guidance_channels > 0
+        self.click_score_bonus = _CLICK_SCORE_BONUS
 
         channels = [in_channels, *widths]
         # with "kept" refinement the first level's blocks run in the decoder, in the kept cells only
@@ -258,6 +277,10 @@ class TokenSeg(nn.Module):
         """x: (B, in_channels, D, H, W) -> ``TokenSegOutput`` (logits and the token path's results)."""
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self._check_input(x)
+        selection_bonus = torch.zeros(1, device=x.device)
+        if self.keep_clicked_cells:
+            guidance = x[:, x.shape[1] - self.guidance_channels :]
+            selection_bonus = self.click_score_bonus * clicked_cells(guidance, self.grids)  # (B, N)
         features: List[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
@@ -265,7 +288,7 @@ class TokenSeg(nn.Module):
 
         tokenized = self.tokenizer(features)
         kept_indices, keep_mask = select_tokens(
-            tokenized.scores,
+            tokenized.scores.float() + selection_bonus,
             self.num_kept_tokens,
             self.selection,
             self.training,
