@@ -10,6 +10,7 @@ from tokenseg import (  # noqa: E402
     clicks,
     data,
     handlers,
+    inferers,
     interaction,
     losses,
     metrics,
@@ -19,6 +20,6 @@ from tokenseg import (  # noqa: E402
 )
 
 __all__ = [
-    "bench", "boundary", "clicks", "data", "handlers", "interaction", "losses", "metrics", "networks", "transforms",
-    "uncertainty",
+    "bench", "boundary", "clicks", "data", "handlers", "inferers", "interaction", "losses", "metrics", "networks",
+    "transforms", "uncertainty",
 ]
