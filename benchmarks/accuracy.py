@@ -73,12 +73,14 @@ def bundle_run(bundle: Path, run_id: str, configs: list[str], args_file: Path, l
 
 
 def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: int, val_interval: int,
-              seed: int) -> dict:
+              seed: int, network_inputs: str = "@in_channels") -> dict:
+    """The bundle overrides of one run; ``network_inputs``: the network's input channels, as a config expression
+    (the interactive models add one click channel per class: ``@in_channels + len(@class_names)``)."""
     args = {"bundle_root": str(bundle), "dataset_dir": dataset_dir, "epochs": epochs, "val_interval": val_interval,
             "num_workers": 0, "seed": seed, **DATASETS[dataset][1]}
     if model == "tokenseg":
         return args  # the bundle as shipped
-    network = f"$tokenseg.bench.models.build_model('{model}', @in_channels, @out_channels, @patch_size, @pixdim)"
+    network = f"$tokenseg.bench.models.build_model('{model}', {network_inputs}, @out_channels, @patch_size, @pixdim)"
     if model.startswith("tokenseg"):  # a TokenSeg variant: the bundle's own loss and diagnostics
         return {**args, "network_def": network}
     parser = ConfigParser()
@@ -107,13 +109,19 @@ def write_report(report: dict, out: Path) -> None:
              title=f"Validation Dice while training\n{report['dataset'].split(':')[0]}, one line per seed")
 
 
+def fresh_bundle(run_dir: Path) -> Path:
+    """``run_dir/bundle``: a copy of the bundle's configs without weights, outputs or data."""
+    bundle = run_dir / "bundle"
+    shutil.rmtree(bundle, ignore_errors=True)
+    shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "data"))
+    return bundle
+
+
 def train_and_test(model: str, run_dir: Path, args_file: Path, iterations: int) -> dict:
     """One training run and its test evaluation in ``run_dir``: the figures of the test split (of the
     checkpoint with the best validation Dice, as the bundle saves it) and the validation curve
     [[optimisation step, val Dice], ...] (``iterations`` steps an epoch)."""
-    bundle = run_dir / "bundle"
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "data"))
+    bundle = fresh_bundle(run_dir)
     start = time.time()
     log = bundle_run(bundle, "training", ["train.json"], args_file, run_dir / "train.log")
     seconds = time.time() - start

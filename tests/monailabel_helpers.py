@@ -37,10 +37,10 @@ class MonaiLabelServer:
     """``python -m monailabel.main start_server`` in its own process group; stopped (and its port freed) on exit."""
 
     def __init__(self, studies: Path | str, model_dir: Path, log: Path, epochs: int = 1, val_split: float = 0.5,
-                 env: dict[str, str] | None = None, conf: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, conf: dict[str, str] | None = None, models: str = "tokenseg"):
         """``studies``: a folder, or a DICOMweb URL; ``env``: extra environment variables for the server;
-        ``conf``: further ``--conf`` options of the app."""
-        self.studies, self.model_dir, self.log, self.env = studies, model_dir, log, env or {}
+        ``conf``: further ``--conf`` options of the app; ``models``: the app's ``--conf models``."""
+        self.studies, self.model_dir, self.log, self.env, self.models = studies, model_dir, log, env or {}, models
         self.conf = conf or {}
         self.epochs, self.val_split = epochs, val_split
         self.port = free_port()
@@ -50,7 +50,7 @@ class MonaiLabelServer:
     def start(self, timeout: float = 240) -> MonaiLabelServer:
         cmd = [
             sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP), "--studies", str(self.studies),
-            "--conf", "models", "tokenseg", "--conf", "model_dir", str(self.model_dir),
+            "--conf", "models", self.models, "--conf", "model_dir", str(self.model_dir),
             "--conf", "epochs", str(self.epochs), "--conf", "val_split", str(self.val_split),
             "--host", "127.0.0.1", "--port", str(self.port),
         ]

@@ -112,3 +112,57 @@ def test_shipped_checkpoint_is_under_the_zoo_file_limit_and_loads():
     assert all(p.dtype == torch.float32 for p in network.parameters())
     with torch.no_grad():
         assert torch.isfinite(network.eval()(torch.randn(1, 3, 64, 64, 32))).all()
+
+
+def test_shipped_interactive_checkpoint_is_under_the_zoo_file_limit_and_loads():
+    path = BUNDLE / "models" / "model_deepedit.pt"
+    assert path.stat().st_size < 25 * 2**20
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
+    network = TokenSeg(3 + 2, 2, img_size=(64, 64, 32), guidance_channels=2)  # network_def with the interactive mixin
+    network.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.isfinite(network.eval()(torch.randn(1, 5, 64, 64, 32))).all()
+
+
+@pytest.fixture(scope="session")
+def interactive_bundle(tmp_path_factory, demo_dir, small_datalist):
+    """A bundle copy (with the shipped automatic weights) whose interactive model trains for 1 epoch, as the model
+    card's command does: train.json with train_deepedit.json over it."""
+    bundle = copy_bundle(tmp_path_factory.mktemp("interactive") / "bundle", with_models=True)
+    (bundle / "models" / "model_deepedit.pt").unlink(missing_ok=True)
+    proc = monai_bundle(
+        "run", "training", *bundle_args(bundle, "train.json", "train_deepedit.json"),
+        "--dataset_dir", demo_dir, "--datalist", str(small_datalist), "--epochs", "1", "--val_interval", "1", *TRAIN_FAST,
+    )
+    return bundle, proc.stdout + proc.stderr
+
+
+def test_interactive_training_simulates_clicks_and_starts_from_the_automatic_model(interactive_bundle):
+    bundle, log = interactive_bundle
+    state = torch.load(bundle / "models" / "model_deepedit.pt", map_location="cpu", weights_only=True)
+    assert state["encoder.0.0.conv.weight"].shape[1] == 3 + 2  # the phases and one click channel per class
+    assert "Number of simulated clicks" in log  # MONAI's DeepEdit click simulation ran inside the training steps
+    assert "val_mean_dice" in log and "dst' model updated" in log  # warm start from models/model.pt
+    automatic = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    shipped = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(automatic["encoder.0.0.conv.weight"], shipped["encoder.0.0.conv.weight"])  # left as it was
+
+
+def test_interactive_evaluation_and_inference(interactive_bundle, demo_dir, small_datalist, tmp_path):
+    bundle, _ = interactive_bundle
+    monai_bundle(
+        "run", "evaluating", *bundle_args(bundle, "train.json", "train_deepedit.json", "evaluate.json"),
+        "--dataset_dir", demo_dir, "--datalist", str(small_datalist), "--num_workers", "0",
+    )
+    rows = dict(csv.reader(open(bundle / "eval" / "metrics.csv")))
+    assert 0 <= float(rows["val_mean_dice"]) <= 1
+    out = tmp_path / "masks"
+    monai_bundle(
+        "run", "inference", *bundle_args(bundle, "inference.json", "inference_deepedit.json"),
+        "--dataset_dir", demo_dir, "--output_dir", str(out),
+    )
+    masks = sorted(out.glob("*_seg.nii.gz"))
+    assert len(masks) == 4
+    source = nib.load(f"{demo_dir}/imagesTs/{masks[0].name.replace('_seg', '')}")
+    assert nib.load(masks[0]).shape == source.shape[:3]

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["ClickError", "parse_clicks", "to_current_voxels"]
+__all__ = ["ClickError", "map_voxels", "parse_clicks"]
 
 FOREGROUND, BACKGROUND = "foreground", "background"
 
@@ -103,17 +103,16 @@ def parse_clicks(
     return clicks
 
 
-def to_current_voxels(points: list[list[int]], original_affine: np.ndarray, affine: np.ndarray,
-                      spatial_shape: Sequence[int]) -> list[list[int]]:
-    """Voxel indices of the image as stored -> indices of the same places after reorientation and resampling.
+def map_voxels(points: list[list[int]], source_affine: np.ndarray, target_affine: np.ndarray,
+               target_shape: Sequence[int]) -> list[list[int]]:
+    """Voxel indices on the grid of ``source_affine`` -> indices of the same places on the grid of ``target_affine``.
 
-    Both affines map voxel indices to world coordinates (MONAI's ``original_affine`` and the
-    transformed image's ``affine``); points are rounded and kept inside ``spatial_shape``.
+    Both affines map voxel indices to world coordinates (MONAI's ``original_affine`` of the image as
+    stored, and a transformed image's ``affine``); points are rounded and kept inside ``target_shape``.
     """
     if not points:
         return []
     voxels = np.concatenate([np.asarray(points, dtype=np.float64), np.ones((len(points), 1))], axis=1)
-    current = (np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(original_affine, dtype=np.float64)
-               @ voxels.T).T[:, :3]
-    upper = np.asarray(spatial_shape) - 1
-    return np.clip(np.rint(current), 0, upper).astype(int).tolist()
+    world_to_target = np.linalg.inv(np.asarray(target_affine, dtype=np.float64))
+    mapped = (world_to_target @ np.asarray(source_affine, dtype=np.float64) @ voxels.T).T[:, :3]
+    return np.clip(np.rint(mapped), 0, np.asarray(target_shape) - 1).astype(int).tolist()

@@ -16,7 +16,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from tokenseg.clicks import parse_clicks, to_current_voxels
+from tokenseg.clicks import map_voxels, parse_clicks
 
 __all__ = ["AddClickGuidanced", "CheckChannelsd", "SerializeGuidanced"]
 
@@ -77,7 +77,7 @@ class AddClickGuidanced(Transform):
         stored_shape = [int(s) for s in np.asarray(meta["spatial_shape"]).ravel()[:3]]
         clicks = parse_clicks(d, self.label_names, stored_shape)
         d[self.guidance] = {
-            name: to_current_voxels(points, meta["original_affine"], image.affine, image.shape[1:])
+            name: map_voxels(points, meta["original_affine"], image.affine, image.shape[1:])
             for name, points in clicks.items()
         }
         return d

@@ -34,8 +34,11 @@ PROVIDED = {"monai", "torch", "numpy", PACKAGE, SCRIPTS}
 # Import name -> distribution name, where they differ.
 DISTRIBUTIONS = {"ignite": "pytorch-ignite", "SimpleITK": "SimpleITK", "yaml": "pyyaml"}
 # Used through MONAI, which imports them optionally: image reading and handlers of the configs, the
-# attention block (einops), and the `python -m monai.bundle` command line (fire) with its metadata check (jsonschema).
-CONFIG_RUNTIME = ("nibabel", "pytorch-ignite", "tensorboard", "tqdm", "einops", "fire", "jsonschema")
+# attention block (einops), the `python -m monai.bundle` command line (fire) with its metadata check (jsonschema),
+# and DeepEdit's click simulation in the interactive model's training (scipy, scikit-image).
+CONFIG_RUNTIME = (
+    "nibabel", "pytorch-ignite", "tensorboard", "tqdm", "einops", "fire", "jsonschema", "scipy", "scikit-image"
+)
 REFERENCE = re.compile(rf"\b{PACKAGE}((?:\.\w+)+)")
 IMPORT_LINE = re.compile(rf"^(\s*)(from|import) {PACKAGE}\b", re.MULTILINE)
 

@@ -115,8 +115,8 @@ def summarise(results: dict[str, dict[str, list]]) -> str:
 
 
 def plot(results: dict[str, dict[str, list]], path: Path, ylabel: str = "Dice of the whole case",
-         title: str = "Fitting one small target (one line per seed)") -> None:
-    """One line per model and seed of ``results`` {model: {seed: [[step, dice], ...]}}."""
+         title: str = "Fitting one small target (one line per seed)", xlabel: str = "optimisation step") -> None:
+    """One line per model and seed of ``results`` {model: {seed: [[x, dice], ...]}}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +127,7 @@ def plot(results: dict[str, dict[str, list]], path: Path, ylabel: str = "Dice of
         for number, curve in enumerate(seeds.values()):
             steps, dice = zip(*curve)
             axis.plot(steps, dice, color=f"C{index}", alpha=0.8, label=model if number == 0 else None)
-    axis.set(xlabel="optimisation step", ylabel=ylabel, ylim=(0, 1), title=title)
+    axis.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1), title=title)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from monai.networks.nets import UNETR, SegResNet, SwinUNETR, UNet
+from monai.networks.nets import UNETR, DynUNet, SegResNet, SwinUNETR, UNet
 from torch import nn
 
 from tokenseg.bench.nnunet import resenc_m
@@ -48,6 +48,11 @@ MODELS: dict[str, Builder] = {
     "unetr": lambda i, o, s, sp: UNETR(i, o, img_size=s, feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12),
     "swinunetr": lambda i, o, s, sp: SwinUNETR(i, o, feature_size=48),
     "resenc_m": resenc_m,
+    # the model zoo's DeepEdit network (spleen_deepedit_annotation); its in_channels include the click channels
+    "deepedit": lambda i, o, s, sp: DynUNet(
+        3, i, o, kernel_size=[3] * 6, strides=[1, 2, 2, 2, 2, [2, 2, 1]], upsample_kernel_size=[2, 2, 2, 2, [2, 2, 1]],
+        norm_name="instance", deep_supervision=False, res_block=True,
+    ),
 }
 
 MODEL_SETTINGS: dict[str, str] = {
@@ -71,6 +76,8 @@ MODEL_SETTINGS: dict[str, str] = {
     "unetr": "UNETR feature_size 16, hidden 768, 12 heads, patch 16",
     "swinunetr": "SwinUNETR feature_size 48, window 7",
     "resenc_m": "nnU-Net ResEnc M (dynamic-network-architectures ResidualEncoderUNet), planned for the patch and spacing",
+    "deepedit": "DeepEdit's DynUNet (spleen_deepedit_annotation): 6 levels, strides 1/2/2/2/2/(2,2,1), residual blocks, "
+    "instance norm",
 }
 
 # Variants of TokenSeg that differ from it in one component; the dense ablation and 0.3's widths are benchmarked always.

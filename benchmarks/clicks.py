@@ -1,0 +1,217 @@
+"""Clicks against Dice: the interactive TokenSeg against MONAI's DeepEdit network, trained at the same budget.
+
+Both are trained by the bundle's own interactive training (``train.json`` with
+``train_deepedit.json`` over it: DeepEdit's click simulation from the model's
+errors), from scratch, on the same data with the same seed and epochs;
+DeepEdit differs only in its network (the model zoo's DynUNet,
+``tokenseg.bench.models`` ``"deepedit"``) and loss (``DiceCELoss``). Then an
+annotator is simulated on every test case: after each answer, one click on
+the voxel deepest inside the largest error (on the lesion where the model
+missed some, on the background where it added some), up to ``--max-clicks``.
+
+Reported per model: Dice after 0 .. max clicks (mean over the test cases), the
+clicks each case needs to reach 0.85 and 0.90 Dice, and the seconds a click
+costs on this machine: DeepEdit runs a full sliding-window pass per click (as
+it does in MONAI Label); TokenSeg runs its ``ClickRefinementInferer`` (the
+first click a full pass, every later one the region around it), with its
+full pass timed and scored beside it.
+
+    python benchmarks/clicks.py --dataset demo --epochs 30 --out runs/clicks_demo
+
+Writes ``clicks.json``, ``clicks.md`` and ``clicks.png`` (Dice against clicks) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accuracy import DATASETS, REPO, bundle_run, fresh_bundle, overrides
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Compose, LoadImaged, Orientationd, Spacingd
+from scipy import ndimage
+
+from tokenseg.bench.learning import plot
+from tokenseg.clicks import map_voxels
+from tokenseg.data.datalist import load_datalist
+from tokenseg.inferers import ClickRefinementInferer
+
+MODELS = ("tokenseg_deepedit", "deepedit")
+INTERACTIVE_TRAIN = ["train.json", "train_deepedit.json"]
+INTERACTIVE_INFERENCE = ["inference.json", "inference_deepedit.json"]
+THRESHOLDS = (0.85, 0.90)
+
+
+def train(model: str, run_dir: Path, dataset: str, dataset_dir: str, epochs: int, seed: int) -> tuple[Path, dict]:
+    """Train ``model`` interactively in ``run_dir/bundle``; the bundle and its overrides."""
+    bundle = fresh_bundle(run_dir)
+    name = "tokenseg" if model == "tokenseg_deepedit" else model
+    args = overrides(name, bundle, dataset, dataset_dir, epochs, epochs, seed, "@in_channels + len(@class_names)")
+    args["init_from_automatic"] = False  # both from scratch
+    args_file = run_dir / "overrides.json"
+    args_file.write_text(json.dumps(args, indent=2))
+    print(f"{model}: training {epochs} epochs (progress in {run_dir / 'train.log'})", flush=True)
+    start = time.time()
+    bundle_run(bundle, "training", INTERACTIVE_TRAIN, args_file, run_dir / "train.log")
+    return bundle, {**args, "train_seconds": round(time.time() - start, 1)}
+
+
+def load_interactive(bundle: Path, args: dict) -> tuple[torch.nn.Module, Compose, ConfigParser]:
+    """The trained network (eval mode, CPU), the bundle's interactive preprocessing, and its parsed config."""
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) for c in INTERACTIVE_INFERENCE])
+    parser.update({k: v for k, v in args.items() if k not in ("loss", "train#handlers", "epochs", "val_interval",
+                                                              "seed", "train_seconds", "init_from_automatic")})
+    parser["device"] = "$torch.device('cpu')"
+    network = parser.get_parsed_content("network_def")
+    state = torch.load(bundle / "models" / "model_deepedit.pt", map_location="cpu", weights_only=True)
+    network.load_state_dict({k: v.float() for k, v in state.items()})
+    return network.eval(), parser.get_parsed_content("preprocessing"), parser
+
+
+def next_click(pred: np.ndarray, label: np.ndarray, foreground: str) -> tuple[str, list[int]] | None:
+    """The simulated annotator's click: the voxel deepest inside the largest error, on ``foreground`` where the
+    model missed lesion, on ``background`` where it added some; None when the prediction is exact."""
+    best = None
+    for name, error in ((foreground, label & ~pred), ("background", pred & ~label)):
+        components, count = ndimage.label(error)
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        largest = int(sizes.argmax())
+        if best is None or sizes[largest] > best[0]:
+            best = (sizes[largest], name, components == largest + 1)
+    if best is None:
+        return None
+    depth = ndimage.distance_transform_edt(best[2])
+    return best[1], [int(i) for i in np.unravel_index(int(depth.argmax()), depth.shape)]
+
+
+def dice(pred: np.ndarray, label: np.ndarray) -> float:
+    total = pred.sum() + label.sum()
+    return 1.0 if total == 0 else float(2 * (pred & label).sum() / total)
+
+
+def simulate(network, preprocess, inferers: dict, case: dict, label_transform, class_names: list[str],
+             max_clicks: int) -> dict:
+    """One test case: Dice and seconds of each inferer after 0 .. ``max_clicks`` clicks chosen from the errors of
+    the first inferer's answers."""
+    label = label_transform({"label": case["label"]})["label"][0].numpy() > 0
+    foreground = class_names[1]
+    clicks: dict[str, list[list[int]]] = {name: [] for name in class_names}
+    results = {name: {"dice": [], "seconds": []} for name in inferers}
+    lead = next(iter(inferers))
+    for _ in range(max_clicks + 1):
+        data = preprocess({"image": case["image"], **clicks})
+        image = data["image"]
+        for name, inferer in inferers.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                logits = inferer(image[None], network)
+            results[name]["seconds"].append(time.perf_counter() - start)
+            pred = logits[0].argmax(0).numpy() > 0
+            results[name]["dice"].append(dice(pred, label))
+            if name == lead:
+                lead_pred = pred
+        click = next_click(lead_pred, label, foreground)
+        if click is None:
+            break
+        kind, voxel = click
+        stored_shape = [int(s) for s in np.asarray(image.meta["spatial_shape"]).ravel()[:3]]
+        clicks[kind] += map_voxels([voxel], image.affine, image.meta["original_affine"], stored_shape)
+    for r in results.values():  # an exact answer stays exact: the curve continues flat
+        r["dice"] += [r["dice"][-1]] * (max_clicks + 1 - len(r["dice"]))
+    return results
+
+
+def clicks_to(curve: list[float], threshold: float) -> int | None:
+    return next((n for n, d in enumerate(curve) if d >= threshold), None)
+
+
+def summarise(cases: list[dict], max_clicks: int) -> dict:
+    curves = [c["dice"] for c in cases]
+    summary = {
+        "dice_by_clicks": [round(statistics.fmean(c[n] for c in curves), 4) for n in range(max_clicks + 1)],
+        "seconds_first_answer": round(statistics.fmean(c["seconds"][0] for c in cases), 3),
+        "seconds_per_click": round(statistics.fmean(s for c in cases for s in c["seconds"][1:]), 3),
+    }
+    for t in THRESHOLDS:
+        needed = [clicks_to(c, t) for c in curves]
+        reached = [n for n in needed if n is not None]
+        summary[f"clicks_to_{t:.2f}"] = round(statistics.fmean(reached), 2) if reached else None
+        summary[f"cases_not_reaching_{t:.2f}"] = len(needed) - len(reached)
+    return summary
+
+
+def table(report: dict) -> list[str]:
+    lines = [
+        f"Clicks against Dice: {report['dataset']}, {report['epochs']} epochs, seed {report['seed']}, "
+        f"{report['test_cases']} test cases",
+        "",
+        "| model | Dice at 0 / 1 / 3 / 5 / 10 clicks | clicks to 0.85 | clicks to 0.90 | s first answer | s per click |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in report["results"].items():
+        curve = m["dice_by_clicks"]
+        at = " / ".join(f"{curve[min(n, len(curve) - 1)]:.3f}" for n in (0, 1, 3, 5, 10))
+        reach = [f"{m[f'clicks_to_{t:.2f}']}" + (f" ({m[f'cases_not_reaching_{t:.2f}']} never)"
+                                                  if m[f"cases_not_reaching_{t:.2f}"] else "") for t in THRESHOLDS]
+        lines.append(f"| {name} | {at} | {reach[0]} | {reach[1]} | {m['seconds_first_answer']} | "
+                     f"{m['seconds_per_click']} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=list(DATASETS), default="demo")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-clicks", type=int, default=10)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "clicks")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    generate, _, description = DATASETS[args.dataset]
+    dataset_dir = generate()
+    args.out.mkdir(parents=True, exist_ok=True)
+    test_cases = load_datalist(dataset_dir, "test", require_labels=True)
+    report = {"dataset": description, "epochs": args.epochs, "seed": args.seed, "test_cases": len(test_cases),
+              "max_clicks": args.max_clicks, "results": {}, "training": {}}
+    for model in args.models:
+        run_dir = args.out / model
+        run_dir.mkdir(parents=True, exist_ok=True)
+        bundle, run_args = train(model, run_dir, args.dataset, dataset_dir, args.epochs, args.seed)
+        report["training"][model] = {"train_seconds": run_args["train_seconds"]}
+        network, preprocess, config = load_interactive(bundle, run_args)
+        patch, guidance = config["patch_size"], len(config["class_names"])
+        full = SlidingWindowInferer(patch, sw_batch_size=4, overlap=0.5)
+        inferers = {model: full} if model == "deepedit" else {
+            f"{model} (refined around each click)": ClickRefinementInferer(patch, guidance, 4, 0.5),
+            f"{model} (full pass each click)": full,
+        }
+        labels = Compose([LoadImaged("label", ensure_channel_first=True), Orientationd("label", "RAS"),
+                          Spacingd("label", config["pixdim"], mode="nearest")])
+        cases = [simulate(network, preprocess, inferers, case, labels, config["class_names"], args.max_clicks)
+                 for case in test_cases]
+        for name in inferers:
+            report["results"][name] = summarise([c[name] for c in cases], args.max_clicks)
+            report["results"][name]["per_case_dice"] = [[round(d, 4) for d in c[name]["dice"]] for c in cases]
+        (args.out / "clicks.json").write_text(json.dumps(report, indent=2))
+    lines = table(report)
+    (args.out / "clicks.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    plot({name: {"mean": [[n, d] for n, d in enumerate(m["dice_by_clicks"])]} for name, m in report["results"].items()},
+         args.out / "clicks.png", ylabel="Dice", xlabel="clicks",
+         title=f"Dice against simulated clicks\n{report['dataset'].split(':')[0]}, {args.epochs} epochs")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
