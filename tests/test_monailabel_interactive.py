@@ -50,23 +50,28 @@ def test_clicks_through_the_server(demo, tmp_path):
         no_clicks, _ = client.infer("tokenseg_deepedit", CASE, {"background": [], "lesion": []})
         assert np.array_equal(_mask(no_clicks), _mask(automatic))
 
-        # a foreground click inside lesion the automatic answer missed adds voxels around it
-        missed = label & ~_mask(automatic)
+        # the interactive model's own answer, with one background click far from any lesion (in the corner)
+        first, params = client.infer("tokenseg_deepedit", CASE, {"lesion": [], "background": [[1, 1, 1]]})
+        assert params["label_names"] == {"background": 0, "lesion": 1}
+
+        # a foreground click inside lesion that answer missed adds voxels around it
+        missed = label & ~_mask(first)
         assert missed.any()
         click = [int(i) for i in np.argwhere(missed)[len(np.argwhere(missed)) // 2]]
         near = _ball(label.shape, click, 4)
-        corrected, params = client.infer("tokenseg_deepedit", CASE, {"lesion": [click], "background": []})
-        assert params["label_names"] == {"background": 0, "lesion": 1}
-        assert (_mask(corrected) & near).sum() > (_mask(automatic) & near).sum()
+        corrected, _ = client.infer("tokenseg_deepedit", CASE, {"lesion": [click], "background": [[1, 1, 1]]})
+        assert (_mask(corrected) & near).sum() > (_mask(first) & near).sum()
 
         # a background click inside a false region (lesion voxels the label does not have) removes voxels around it;
         # the deepgrow form (foreground/background lists) that Slicer's single-label tools send
-        false = _mask(corrected) & ~label
+        false = _mask(first) & ~label
         assert false.any()
         click = [int(i) for i in np.argwhere(false)[len(np.argwhere(false)) // 2]]
         near = _ball(label.shape, click, 4)
-        cleaned, _ = client.infer("tokenseg_deepedit", CASE, {"foreground": [], "background": [click], "label": "lesion"})
-        assert (_mask(cleaned) & near).sum() < (_mask(corrected) & near).sum()
+        cleaned, _ = client.infer(
+            "tokenseg_deepedit", CASE, {"foreground": [], "background": [[1, 1, 1], click], "label": "lesion"}
+        )
+        assert (_mask(cleaned) & near).sum() < (_mask(first) & near).sum()
 
         for params, text in [
             ({"lesion": [[96, 10, 10]]}, "outside the image"),
