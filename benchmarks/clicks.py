@@ -47,20 +47,30 @@ MODELS = ("tokenseg_deepedit", "deepedit")
 INTERACTIVE_TRAIN = ["train.json", "train_deepedit.json"]
 INTERACTIVE_INFERENCE = ["inference.json", "inference_deepedit.json"]
 THRESHOLDS = (0.85, 0.90)
+CLICK_RADIUS = 2  # voxels around a click where the simulated annotator does not click again
 
 
-def train(model: str, run_dir: Path, dataset: str, dataset_dir: str, epochs: int, seed: int) -> tuple[Path, dict]:
-    """Train ``model`` interactively in ``run_dir/bundle``; the bundle and its overrides."""
-    bundle = fresh_bundle(run_dir)
+def train(model: str, run_dir: Path, dataset: str, dataset_dir: str, epochs: int, seed: int,
+          reuse: bool = False) -> tuple[Path, dict]:
+    """Train ``model`` interactively in ``run_dir/bundle``; the bundle and its overrides. With ``reuse``, a run of
+    the same settings already there is kept (to simulate clicks again without training again)."""
+    args_file = run_dir / "overrides.json"
+    bundle = run_dir / "bundle"
     name = "tokenseg" if model == "tokenseg_deepedit" else model
     args = overrides(name, bundle, dataset, dataset_dir, epochs, epochs, seed, "@in_channels + len(@class_names)")
     args["init_from_automatic"] = False  # both from scratch
-    args_file = run_dir / "overrides.json"
-    args_file.write_text(json.dumps(args, indent=2))
+    if reuse and args_file.is_file() and (bundle / "models" / "model_deepedit.pt").is_file():
+        previous = json.loads(args_file.read_text())
+        if {k: v for k, v in previous.items() if k != "train_seconds"} == args:
+            print(f"{model}: reusing the trained {bundle}", flush=True)
+            return bundle, previous
+    bundle = fresh_bundle(run_dir)
     print(f"{model}: training {epochs} epochs (progress in {run_dir / 'train.log'})", flush=True)
     start = time.time()
     bundle_run(bundle, "training", INTERACTIVE_TRAIN, args_file, run_dir / "train.log")
-    return bundle, {**args, "train_seconds": round(time.time() - start, 1)}
+    args["train_seconds"] = round(time.time() - start, 1)
+    args_file.write_text(json.dumps(args, indent=2))
+    return bundle, args
 
 
 def load_interactive(bundle: Path, args: dict) -> tuple[torch.nn.Module, Compose, ConfigParser]:
@@ -76,12 +86,14 @@ def load_interactive(bundle: Path, args: dict) -> tuple[torch.nn.Module, Compose
     return network.eval(), parser.get_parsed_content("preprocessing"), parser
 
 
-def next_click(pred: np.ndarray, label: np.ndarray, foreground: str) -> tuple[str, list[int]] | None:
+def next_click(pred: np.ndarray, label: np.ndarray, foreground: str, clicked: np.ndarray) -> tuple[str, list[int]] | None:
     """The simulated annotator's click: the voxel deepest inside the largest error, on ``foreground`` where the
-    model missed lesion, on ``background`` where it added some; None when the prediction is exact."""
+    model missed lesion, on ``background`` where it added some, away from where it has clicked already
+    (``clicked``: within ``CLICK_RADIUS`` of an earlier click; an annotator does not click the same voxel twice);
+    None when no error is left to click."""
     best = None
     for name, error in ((foreground, label & ~pred), ("background", pred & ~label)):
-        components, count = ndimage.label(error)
+        components, count = ndimage.label(error & ~clicked)
         if count == 0:
             continue
         sizes = np.bincount(components.ravel())[1:]
@@ -108,6 +120,7 @@ def simulate(network, preprocess, inferers: dict, case: dict, label_transform, c
     clicks: dict[str, list[list[int]]] = {name: [] for name in class_names}
     results = {name: {"dice": [], "seconds": []} for name in inferers}
     lead = next(iter(inferers))
+    clicked = np.zeros(label.shape, bool)
     for _ in range(max_clicks + 1):
         data = preprocess({"image": case["image"], **clicks})
         image = data["image"]
@@ -120,10 +133,11 @@ def simulate(network, preprocess, inferers: dict, case: dict, label_transform, c
             results[name]["dice"].append(dice(pred, label))
             if name == lead:
                 lead_pred = pred
-        click = next_click(lead_pred, label, foreground)
+        click = next_click(lead_pred, label, foreground, clicked)
         if click is None:
             break
         kind, voxel = click
+        clicked[tuple(slice(max(v - CLICK_RADIUS, 0), v + CLICK_RADIUS + 1) for v in voxel)] = True
         stored_shape = [int(s) for s in np.asarray(image.meta["spatial_shape"]).ravel()[:3]]
         clicks[kind] += map_voxels([voxel], image.affine, image.meta["original_affine"], stored_shape)
     for r in results.values():  # an exact answer stays exact: the curve continues flat
@@ -177,6 +191,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "clicks")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse", action="store_true", help="keep models already trained in --out with these settings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generate, _, description = DATASETS[args.dataset]
@@ -188,8 +203,8 @@ def main() -> None:
     for model in args.models:
         run_dir = args.out / model
         run_dir.mkdir(parents=True, exist_ok=True)
-        bundle, run_args = train(model, run_dir, args.dataset, dataset_dir, args.epochs, args.seed)
-        report["training"][model] = {"train_seconds": run_args["train_seconds"]}
+        bundle, run_args = train(model, run_dir, args.dataset, dataset_dir, args.epochs, args.seed, args.reuse)
+        report["training"][model] = {"train_seconds": run_args.get("train_seconds")}
         network, preprocess, config = load_interactive(bundle, run_args)
         patch, guidance = config["patch_size"], len(config["class_names"])
         full = SlidingWindowInferer(patch, sw_batch_size=4, overlap=0.5)
