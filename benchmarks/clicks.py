@@ -43,7 +43,8 @@ from tokenseg.clicks import map_voxels
 from tokenseg.data.datalist import load_datalist
 from tokenseg.inferers import ClickRefinementInferer
 
-MODELS = ("tokenseg_deepedit", "deepedit")
+# the interactive TokenSeg; the same without keeping the clicked cells (does that pay?); MONAI's DeepEdit network
+MODELS = ("tokenseg_deepedit", "tokenseg_deepedit_unforced", "deepedit")
 INTERACTIVE_TRAIN = ["train.json", "train_deepedit.json"]
 INTERACTIVE_INFERENCE = ["inference.json", "inference_deepedit.json"]
 THRESHOLDS = (0.85, 0.90)
@@ -56,15 +57,18 @@ def train(model: str, run_dir: Path, dataset: str, dataset_dir: str, epochs: int
     the same settings already there is kept (to simulate clicks again without training again)."""
     args_file = run_dir / "overrides.json"
     bundle = run_dir / "bundle"
-    name = "tokenseg" if model == "tokenseg_deepedit" else model
+    name = "tokenseg" if model.startswith("tokenseg") else model
     args = overrides(name, bundle, dataset, dataset_dir, epochs, epochs, seed, "@in_channels + len(@class_names)")
-    args["init_from_automatic"] = False  # both from scratch
+    args["init_from_automatic"] = False  # all from scratch
+    if model == "tokenseg_deepedit_unforced":
+        args["network_def#keep_clicked_cells"] = False
     if reuse and args_file.is_file() and (bundle / "models" / "model_deepedit.pt").is_file():
         previous = json.loads(args_file.read_text())
         if {k: v for k, v in previous.items() if k != "train_seconds"} == args:
             print(f"{model}: reusing the trained {bundle}", flush=True)
             return bundle, previous
     bundle = fresh_bundle(run_dir)
+    args_file.write_text(json.dumps(args, indent=2))
     print(f"{model}: training {epochs} epochs (progress in {run_dir / 'train.log'})", flush=True)
     start = time.time()
     bundle_run(bundle, "training", INTERACTIVE_TRAIN, args_file, run_dir / "train.log")
@@ -188,7 +192,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-clicks", type=int, default=10)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["tokenseg_deepedit", "deepedit"])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "clicks")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="keep models already trained in --out with these settings")

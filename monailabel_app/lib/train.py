@@ -164,7 +164,11 @@ class InteractiveTrainTask(TokenSegTrainTask):
 
     def __init__(self, path: str, conf: dict[str, str], defaults: dict[str, Any]) -> None:
         super().__init__(path, conf, defaults)
-        self.bundle_config_path = [os.path.join(path, "configs", c) for c in INTERACTIVE_TRAIN_CONFIGS]
+        self.bundle_config_path = self._configs(path)  # what monai.bundle.run reads, in order
+
+    @staticmethod
+    def _configs(path: str) -> list[str]:
+        return [os.path.join(path, "configs", c) for c in INTERACTIVE_TRAIN_CONFIGS]
 
     def _load_bundle_config(self, path, config):
-        return super()._load_bundle_config(path, [os.path.join(path, "configs", c) for c in INTERACTIVE_TRAIN_CONFIGS])
+        return super()._load_bundle_config(path, self._configs(path))
