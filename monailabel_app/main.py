@@ -149,6 +149,10 @@ class TokenSegApp(MONAILabelApp):
     def _checkpoint(self, model: str) -> Path:
         return self.task.checkpoint if model == MODEL else self.task.bundle / "models" / INTERACTIVE_WEIGHTS
 
+    def _interactive_labels(self) -> dict[str, int]:
+        """The interactive model's labels: one click channel per class, the background's included."""
+        return {"background": 0, **self.task.spec["labels"]}
+
     def _model_task(self, model: str) -> InferTask:
         labels = ", ".join(self.task.spec["labels"])
         if model == MODEL:
@@ -161,7 +165,7 @@ class TokenSegApp(MONAILabelApp):
         if self._checkpoint(model).exists():
             return InteractiveModel(self.bundle_dir, self.conf, start)
         return UntrainedModel(
-            {"background": 0, **self.task.spec["labels"]},
+            self._interactive_labels(),
             f"Interactive TokenSeg for {labels}: clicks refine it (not trained yet)",
             start,
             type="deepedit",
@@ -221,8 +225,7 @@ class TokenSegApp(MONAILabelApp):
 
     def _route_clicks(self, request: dict, image_id: str, path: str) -> dict:
         """Check the interactive request's clicks (HTTP 400); without any, the automatic model answers it."""
-        labels = {"background": 0, **self.task.spec["labels"]}
-        clicks = clicks_of(request, labels, "uploaded image" if _is_upload(image_id) else image_id, path)
+        clicks = clicks_of(request, self._interactive_labels(), "uploaded image" if _is_upload(image_id) else image_id, path)
         automatic = self._current_model(MODEL) if MODEL in self.models else None
         if not any(clicks.values()) and isinstance(automatic, TrainedModel):
             return {**request, "model": MODEL}

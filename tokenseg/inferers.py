@@ -18,6 +18,7 @@ Shapes: inputs (1, C + G, D, H, W), the last G channels the clicks
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -138,10 +139,4 @@ class ClickRefinementInferer(Inferer):
     @staticmethod
     def _is_whole(region: tuple[slice, ...], shape: Sequence[int]) -> bool:
         """A region of most of the image costs as much as a full pass: make it one."""
-        volume = 1
-        for s in region:
-            volume *= s.stop - s.start
-        total = 1
-        for n in shape:
-            total *= int(n)
-        return volume > 0.5 * total
+        return math.prod(s.stop - s.start for s in region) > 0.5 * math.prod(int(n) for n in shape)
