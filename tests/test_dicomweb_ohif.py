@@ -9,8 +9,11 @@ chromium) are missing.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -58,7 +61,7 @@ def studies(orthanc, demo, tmp_path_factory) -> dict[str, list[str]]:
 def app(orthanc, studies, tmp_path_factory):
     folder = tmp_path_factory.mktemp("app")
     env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(folder / "cache")}
-    with MonaiLabelServer(orthanc.dicomweb, folder / "model", folder / "server.log", env=env) as server:
+    with MonaiLabelServer(orthanc.dicomweb, folder / "model", folder / "server.log", env=env, models="all") as server:
         server.folder = folder
         yield server
 
@@ -175,17 +178,22 @@ def test_bad_input_rejected_and_nothing_lost(orthanc, studies, app, demo, tmp_pa
     assert orthanc_instances(orthanc.url) == stored  # nothing deleted, replaced or added
 
 
-@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian package chromium not installed")
-def test_ohif_study_list_viewer_and_monai_label_panel(orthanc, studies, app, tmp_path):
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    from PIL import Image
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--enable-unsafe-swiftshader",
+                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+needs_chromium = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian package chromium not installed")
 
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--enable-unsafe-swiftshader",
-             "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+@contextmanager
+def chromium(app, tmp_path: Path):
+    """A headless Chromium page whose MONAI Label panel points at ``app``; yields (page, the URLs it requested).
+
+    On leaving, OHIF must have asked nothing of any other host but a web font (blocked: offline).
+    """
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     requests: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=flags,
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS,
             viewport={"width": 1280, "height": 900},
         )
         # the panel's server setting (a cookie; its default is port 8000 of the page's host): this server's port
@@ -193,31 +201,117 @@ def test_ohif_study_list_viewer_and_monai_label_panel(orthanc, studies, app, tmp
         try:
             page = browser.new_page()
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(f"{app.url}/ohif/", wait_until="domcontentloaded")
-            for case in CASES:  # the study list shows the uploaded studies
-                page.get_by_text(case).first.wait_for(timeout=60_000)
-            page.screenshot(path=str(tmp_path / "ohif_study_list.png"))
-
-            study = uid(qido(orthanc.dicomweb, f"series?SeriesInstanceUID={studies[CASES[0]][0]}")[0], "0020000D")
-            page.goto(f"{app.url}/ohif/monai-label?StudyInstanceUIDs={study}", wait_until="domcontentloaded")
-            canvas = page.locator("canvas").first
-            canvas.wait_for(timeout=90_000)
-            shot = tmp_path / "ohif_viewport.png"
-            deadline, variance = time.time() + 90, 0.0
-            while time.time() < deadline and variance < 50:  # wait until the slice is drawn
-                time.sleep(2)
-                canvas.screenshot(path=str(shot))
-                variance = float(np.asarray(Image.open(shot).convert("L"), np.float32).var())
-            assert variance >= 50, f"viewport still blank (pixel variance {variance:.1f}); see {shot}"
-
-            # the MONAI Label panel: its server field shows this server; connect, and it lists the model
-            server_field = page.locator(f'input[value="{app.url}/"]')
-            server_field.wait_for(timeout=60_000)
-            box = server_field.bounding_box()
-            page.mouse.click(box["x"] + box["width"] + 38, box["y"] + box["height"] / 2)  # the connect button
-            page.locator('select option[value="tokenseg"]').first.wait_for(state="attached", timeout=60_000)
-            page.screenshot(path=str(tmp_path / "ohif_monai_label.png"))
+            yield page, requests
         finally:
             browser.close()
     outside = [u for u in requests if not u.startswith(("http://127.0.0.1", "data:", "blob:"))]
-    assert all("fonts" in u for u in outside), outside  # OHIF's only outside request is a web font (blocked: offline)
+    assert all("fonts" in u for u in outside), outside
+
+
+def _gray(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("L"), np.float32)
+
+
+def open_viewer_and_connect(page, app, orthanc: Orthanc, series: str, tmp_path: Path) -> None:
+    """OHIF's MONAI Label mode on the study of ``series``, the slice drawn, the panel connected to ``app``."""
+    study = uid(qido(orthanc.dicomweb, f"series?SeriesInstanceUID={series}")[0], "0020000D")
+    page.goto(f"{app.url}/ohif/monai-label?StudyInstanceUIDs={study}", wait_until="domcontentloaded")
+    canvas = page.locator("canvas").first
+    canvas.wait_for(timeout=90_000)
+    shot = tmp_path / "ohif_viewport.png"
+    deadline, variance = time.time() + 90, 0.0
+    while time.time() < deadline and variance < 50:  # wait until the slice is drawn
+        time.sleep(2)
+        canvas.screenshot(path=str(shot))
+        variance = float(_gray(shot).var())
+    assert variance >= 50, f"viewport still blank (pixel variance {variance:.1f}); see {shot}"
+
+    # the MONAI Label panel: its server field shows this server; connect, and it lists the models
+    server_field = page.locator(f'input[value="{app.url}/"]')
+    server_field.wait_for(timeout=60_000)
+    box = server_field.bounding_box()
+    page.mouse.click(box["x"] + box["width"] + 38, box["y"] + box["height"] / 2)  # the connect button
+    page.locator('select option[value="tokenseg"]').first.wait_for(state="attached", timeout=60_000)
+
+
+@needs_chromium
+def test_ohif_study_list_viewer_and_monai_label_panel(orthanc, studies, app, tmp_path):
+    with chromium(app, tmp_path) as (page, _):
+        page.goto(f"{app.url}/ohif/", wait_until="domcontentloaded")
+        for case in CASES:  # the study list shows the uploaded studies
+            page.get_by_text(case).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "ohif_study_list.png"))
+        open_viewer_and_connect(page, app, orthanc, studies[CASES[0]][0], tmp_path)
+        page.screenshot(path=str(tmp_path / "ohif_monai_label.png"))
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # kept after the run (gitignored), for people to look at
+
+SCROLL_TO_JS = """(world) => {
+  // the active viewport brought to the plane through `world` (as a user scrolls to it); where `world` is on the page
+  const {viewportGridService, cornerstoneViewportService} = window.services;
+  const viewport = cornerstoneViewportService.getCornerstoneViewport(viewportGridService.getState().activeViewportId);
+  const camera = viewport.getCamera();
+  const normal = camera.viewPlaneNormal;
+  const shift = [0, 1, 2].reduce((sum, i) => sum + (world[i] - camera.focalPoint[i]) * normal[i], 0);
+  viewport.setCamera({focalPoint: camera.focalPoint.map((v, i) => v + shift * normal[i]),
+                      position: camera.position.map((v, i) => v + shift * normal[i])});
+  viewport.render();
+  const [x, y] = viewport.worldToCanvas(world);
+  const box = viewport.canvas.getBoundingClientRect();
+  return [box.left + x, box.top + y];
+}"""
+
+
+def _colour(page, x: float, y: float, path: Path, radius: int = 3) -> float:
+    """How far from gray the pixels within ``radius`` of page point (x, y) are (median of max - min over RGB)."""
+    from PIL import Image
+
+    page.screenshot(path=str(path))
+    pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
+    x, y = int(round(x)), int(round(y))
+    patch = pixels[y - radius:y + radius + 1, x - radius:x + radius + 1]
+    return float(np.median(patch.max(axis=-1) - patch.min(axis=-1)))
+
+
+@needs_chromium
+def test_ohif_point_prompt_on_the_interactive_model(orthanc, studies, app, demo, tmp_path):
+    """A foreground click in OHIF's Point Prompts on ``tokenseg_deepedit``: the overlay appears under the click."""
+    from scipy.ndimage import distance_transform_edt
+
+    # the target: the voxel deepest inside the lesion of case 0, in patient (LPS) coordinates as OHIF's are
+    label_file = nib.load(demo / "labelsTr" / f"{CASES[0]}.nii.gz")
+    lesion = np.asarray(label_file.dataobj) > 0
+    depth = distance_transform_edt(lesion, sampling=label_file.header.get_zooms()[:3])
+    voxel = np.unravel_index(int(np.argmax(depth)), lesion.shape)
+    world = np.diag([-1.0, -1.0, 1.0]) @ (label_file.affine @ [*voxel, 1.0])[:3]
+
+    with chromium(app, tmp_path) as (page, _):
+        open_viewer_and_connect(page, app, orthanc, studies[CASES[0]][0], tmp_path)
+        page.locator("label.tab-label", has_text="Point Prompts").click()
+        page.locator("select.selectBox").filter(has=page.locator('option[value="tokenseg_deepedit"]')).select_option(
+            "tokenseg_deepedit"
+        )
+        page.locator("tr.clickable-row", has_text="lesion").click()
+        x, y = page.evaluate(SCROLL_TO_JS, [float(w) for w in world])
+        time.sleep(2)
+        page.mouse.click(x, y)  # the probe: a foreground click for 'lesion'
+        time.sleep(1)
+        before = _colour(page, x, y, tmp_path / "ohif_click_placed.png")
+
+        with page.expect_response(lambda r: "/infer/tokenseg_deepedit" in r.url, timeout=300_000) as answer:
+            page.locator('button[title="Run PointPrompts"]').click()
+        assert answer.value.status == 200, answer.value.text()
+        sent = json.loads(re.search(r'\{.*"result_extension".*\}', answer.value.request.post_data).group(0))
+        assert sent["background"] == [] and len(sent["lesion"]) == 1, sent
+        assert np.abs(np.array(sent["lesion"][0]) - voxel).max() <= 1, (sent["lesion"], voxel)  # the voxel aimed at
+
+        shot = ARTIFACTS / "ohif_point_prompt.png"
+        ARTIFACTS.mkdir(exist_ok=True)
+        deadline, after = time.time() + 60, before
+        while time.time() < deadline and after < before + 30:  # the segmentation overlay is drawn
+            time.sleep(2)
+            after = _colour(page, x, y, shot)
+        assert before < 10 and after >= before + 30, f"no overlay under the click ({before} -> {after}); see {shot}"
