@@ -155,11 +155,11 @@ def clicks_to(curve: list[float], threshold: float) -> int | None:
 
 def summarise(cases: list[dict], max_clicks: int) -> dict:
     curves = [c["dice"] for c in cases]
+    click_seconds = [s for c in cases for s in c["seconds"][1:]]  # empty when no case got a click
     summary = {
         "dice_by_clicks": [round(statistics.fmean(c[n] for c in curves), 4) for n in range(max_clicks + 1)],
         "seconds_first_answer": round(statistics.fmean(c["seconds"][0] for c in cases), 3),
-        "seconds_per_click": round(statistics.fmean(clicks), 3) if (clicks := [s for c in cases for s in c["seconds"][1:]])
-        else None,
+        "seconds_per_click": round(statistics.fmean(click_seconds), 3) if click_seconds else None,
     }
     for t in THRESHOLDS:
         needed = [clicks_to(c, t) for c in curves]

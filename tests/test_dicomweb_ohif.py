@@ -23,7 +23,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tokenseg.data.demo import ensure_demo_dataset
-from tokenseg.data.dicom import nifti_to_dicom_study, upload_series
+from tokenseg.data.dicom import LPS, nifti_to_dicom_study, upload_series
 from tools.orthanc import Orthanc, orthanc_missing
 
 from dicomweb_helpers import orthanc_instances, qido, uid
@@ -286,7 +286,7 @@ def test_ohif_point_prompt_on_the_interactive_model(orthanc, studies, app, demo,
     lesion = np.asarray(label_file.dataobj) > 0
     depth = distance_transform_edt(lesion, sampling=label_file.header.get_zooms()[:3])
     voxel = np.unravel_index(int(np.argmax(depth)), lesion.shape)
-    world = np.diag([-1.0, -1.0, 1.0]) @ (label_file.affine @ [*voxel, 1.0])[:3]
+    world = LPS @ (label_file.affine @ [*voxel, 1.0])[:3]
 
     with chromium(app, tmp_path) as (page, _):
         open_viewer_and_connect(page, app, orthanc, studies[CASES[0]][0], tmp_path)
