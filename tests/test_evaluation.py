@@ -75,3 +75,40 @@ def test_dice_and_hd95_in_millimetres_on_the_original_grid(tmp_path):
     assert abs(measured["val_hd95"] - expected_mm) < 0.5, (measured, expected_mm, in_voxels)
     # millimetres and voxels differ here, so the check tells them apart
     assert abs(in_voxels - expected_mm) > 2, (in_voxels, expected_mm)
+
+
+def test_hd95_in_millimetres_for_a_batch_of_two_cases_each_with_its_spacing():
+    from ignite.engine import Engine
+    from monai.data import MetaTensor, decollate_batch
+
+    from tokenseg.handlers import PhysicalHausdorffDistance
+
+    label = np.zeros((30, 30, 12), np.uint8)
+    label[10:20, 10:20, 3:8] = 1
+    prediction = np.zeros_like(label)
+    prediction[13:23, 10:20, 4:9] = 1
+    spacings = [(0.8, 0.8, 4.0), (2.0, 1.0, 1.0)]
+    expected = [
+        compute_hausdorff_distance(one_hot(prediction), one_hot(label), percentile=95, spacing=s).item()
+        for s in spacings
+    ]
+    assert abs(expected[0] - expected[1]) > 1  # the two spacings give two different distances
+
+    def batch_of(mask: np.ndarray) -> MetaTensor:
+        affines = torch.stack([torch.diag(torch.tensor([*s, 1.0], dtype=torch.float64)) for s in spacings])
+        return MetaTensor(torch.cat([one_hot(mask)] * 2), affine=affines)
+
+    for as_list in (True, False):  # the evaluator's decollated cases, and a whole batch
+        pred, lab = batch_of(prediction), batch_of(label)
+        if as_list:
+            pred, lab = decollate_batch(pred), decollate_batch(lab)
+        engine = Engine(lambda engine, batch: (pred, lab))
+        PhysicalHausdorffDistance(include_background=False, percentile=95, reduction="none").attach(engine, "hd95")
+        engine.run([0], max_epochs=1)
+        measured = torch.as_tensor(engine.state.metrics["hd95"]).flatten().tolist()
+        assert np.allclose(measured, expected, atol=1e-4), (as_list, measured, expected)
+        # the handler called with the whole batch at once (ignite splits a list of cases, a direct call does not)
+        handler = PhysicalHausdorffDistance(include_background=False, percentile=95, reduction="none")
+        handler.update((pred, lab))
+        measured = handler.metric_fn.aggregate().flatten().tolist()
+        assert np.allclose(measured, expected, atol=1e-4), (as_list, measured, expected)

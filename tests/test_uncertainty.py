@@ -38,3 +38,12 @@ def test_entropy_is_bounded_and_deterministic():
     first = boundary_token_entropy(net, image, (32, 32, 32))
     assert 0 <= first <= math.log(2) + 1e-6
     assert boundary_token_entropy(net, image, (32, 32, 32)) == first
+
+
+def test_entropy_leaves_the_network_in_its_mode():
+    image = torch.randn(1, 1, 32, 32, 32)
+    for training in (True, False):
+        net = tiny_tokenseg().train(training)
+        boundary_token_entropy(net, image, (32, 32, 32))
+        assert net.training is training
+        assert all(module.training is training for module in net.modules())

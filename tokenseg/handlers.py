@@ -140,13 +140,21 @@ class PhysicalHausdorffDistance(HausdorffDistance):
     @reinit__is_reduced
     def update(self, output) -> None:
         y_pred, y = output
-        labels = list(y) if isinstance(y, (list, tuple)) else [y]
+        predictions, labels = _cases(y_pred), _cases(y)
         if not all(isinstance(label, MetaTensor) for label in labels):
             raise TypeError("PhysicalHausdorffDistance needs labels as MetaTensors, to read their spacing.")
-        affines = []
-        for label in labels:  # a case (C, ...) or a batch (B, C, ...), whose affine may be one (4, 4) for all
-            cases = label.shape[0] if isinstance(y, torch.Tensor) and label.ndim == 5 else 1
-            affine = label.affine
-            affines += list(affine) if affine.ndim == 3 else [affine] * cases
-        spacing = [[float(s) for s in affine_to_spacing(affine, r=3)] for affine in affines]
-        self.metric_fn(y_pred, y, spacing=spacing)
+        if len(predictions) != len(labels):
+            raise ValueError(f"PhysicalHausdorffDistance: {len(predictions)} predictions for {len(labels)} labels.")
+        # one call per case, each with its own spacing: the metric hands its keyword arguments to every case
+        for prediction, label in zip(predictions, labels):
+            spacing = [float(s) for s in affine_to_spacing(label.affine, r=3)]
+            self.metric_fn([prediction], [label], spacing=spacing)
+
+
+def _cases(batch) -> list[torch.Tensor]:
+    """A decollated list of cases (C, ...) or a batch (B, C, ...) -> a list of cases (C, ...), each with its affine."""
+    if isinstance(batch, (list, tuple)):
+        return list(batch)
+    if not isinstance(batch, MetaTensor) or batch.affine.ndim == 2:
+        return [case for case in batch]  # one affine (or none) shared by every case
+    return [MetaTensor(case, affine=affine) for case, affine in zip(batch.as_tensor(), batch.affine)]

@@ -48,6 +48,10 @@ def boundary_token_entropy(
         totals[1] += mask.sum()
         return logits
 
+    was_training = network.training
     network.eval()
-    sliding_window_inference(image, roi_size, sw_batch_size, predictor, overlap=overlap)
+    try:
+        sliding_window_inference(image, roi_size, sw_batch_size, predictor, overlap=overlap)
+    finally:
+        network.train(was_training)  # the caller's network, as it was
     return (totals[0] / totals[1].clamp_min(1)).item()
