@@ -237,3 +237,79 @@ def test_click_refinement_recomputes_only_around_the_new_click():
     other_image[:, 0] += 1
     inferer(other_image, net)
     assert inferer.last_region is None  # another image: a full pass
+
+
+class _ShiftedNet(_CountingNet):
+    """``_CountingNet`` plus a learnable shift of its lesion logit: new weights change every voxel."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        out = super().forward(x)
+        return torch.stack([out[:, 0], out[:, 1] + self.shift], 1)
+
+
+def test_click_refinement_after_a_checkpoint_reload_uses_only_the_new_weights():
+    image = np.random.RandomState(1).rand(1, 96, 96, 48).astype(np.float32)
+
+    def inputs(clicks):
+        data = AddGuidanceSignalDeepEditd("image", number_intensity_ch=1)({"image": image, "guidance": clicks})
+        return torch.as_tensor(data["image"])[None]
+
+    first_clicks = inputs({"lesion": [[20, 20, 10]], "background": []})
+    second_clicks = inputs({"lesion": [[20, 20, 10], [80, 70, 40]], "background": []})
+    retrained = {"shift": torch.tensor(5.0)}
+
+    def full_pass(network):
+        return ClickRefinementInferer((64, 64, 32), guidance_channels=2, sw_batch_size=1)(second_clicks, network)
+
+    # weights loaded in place (the same object, so the same id): the next click is a full pass with the new weights
+    net = _ShiftedNet()
+    inferer = ClickRefinementInferer((64, 64, 32), guidance_channels=2, sw_batch_size=1)
+    with torch.no_grad():
+        inferer(first_clicks, net)
+        net.load_state_dict(retrained)
+        refined = inferer(second_clicks, net)
+        assert inferer.last_region is None
+        assert torch.equal(refined, full_pass(net))
+        # and the click after that is refined again, from the new weights' logits
+        third = inputs({"lesion": [[20, 20, 10], [80, 70, 40], [30, 75, 20]], "background": []})
+        inferer(third, net)
+        assert inferer.last_region is not None
+
+    # MONAI Label's reload: a new network with the new weights, the old one freed
+    old = _ShiftedNet()
+    inferer = ClickRefinementInferer((64, 64, 32), guidance_channels=2, sw_batch_size=1)
+    with torch.no_grad():
+        inferer(first_clicks, old)
+        del old
+        new = _ShiftedNet()
+        new.load_state_dict(retrained)
+        refined = inferer(second_clicks, new)
+        assert inferer.last_region is None and torch.equal(refined, full_pass(new))
+
+
+def test_thirty_clicks_keep_every_clicked_cell_past_k():
+    net = tiny_tokenseg(in_channels=3, img_size=(64, 64, 32), guidance_channels=2).eval()
+    rng = np.random.RandomState(0)
+    # clicks on cell corners (every 8 voxels: the first level's cells here), as an annotator's clicks often fall
+    corners = [[x, y, z] for x in range(8, 64, 8) for y in range(8, 64, 8) for z in range(8, 32, 8)]
+    clicks = [corners[i] for i in rng.choice(len(corners), 30, replace=False)]
+    image = rng.rand(1, 64, 64, 32).astype(np.float32)
+    guided = AddGuidanceSignalDeepEditd("image", number_intensity_ch=1)(
+        {"image": image, "guidance": {"lesion": clicks[:20], "background": clicks[20:]}}
+    )  # DeepEdit's guidance: a click near a cell border marks the cells on both sides
+    x = torch.as_tensor(guided["image"])[None]
+    marked = clicked_cells(x[:, 1:], net.grids)
+    assert int(marked.sum()) > net.num_kept_tokens  # 30 clicks mark more cells than K = 100
+    with torch.no_grad():
+        out = net.forward_tokens(x)
+        scripted = torch.jit.script(net).forward_tokens(x)
+    for result in (out, scripted):
+        assert bool((result.keep_mask[marked > 0] == 1).all())  # every clicked cell kept
+        assert result.kept_indices.shape[1] == int(marked.sum())  # K grew to hold them
+    few = _guidance_input()  # two clicks: K stays as trained
+    with torch.no_grad():
+        assert net.forward_tokens(few).kept_indices.shape[1] == net.num_kept_tokens

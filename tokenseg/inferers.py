@@ -1,9 +1,10 @@
 """Click refinement that recomputes only where the clicks changed: the interactive model's inferer.
 
 An annotator's next click changes the guidance channels only near itself (a
-Gaussian of sigma 3 voxels). ``ClickRefinementInferer`` remembers, per image
-and network, the last guidance and logits; when the same image comes back
-with guidance that differs only in a region, it runs the network on that
+Gaussian of sigma 3 voxels). ``ClickRefinementInferer`` remembers, per image,
+the last guidance and logits and the weights that made them; when the same
+image comes back to the same network with the same weights and with
+guidance that differs only in a region, it runs the network on that
 region alone, grown by a margin and to at least one patch (MONAI's sliding
 window inside it), and blends the result into the remembered logits: all of
 it where the guidance changed, fading to the old logits across the margin,
@@ -20,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
@@ -32,6 +34,30 @@ __all__ = ["ClickRefinementInferer", "blend_weight", "changed_box", "grow_box"]
 
 # guidance changes below this are the far tails of a click (beyond about 2.5 sigma of its Gaussian)
 GUIDANCE_TOLERANCE = 0.05
+
+
+class _Remembered(NamedTuple):
+    """What the last pass on an image computed, and with which weights."""
+
+    network: Callable[[], Callable | None]  # a weak reference: a network that is gone never matches
+    weights: tuple[int, ...]  # the weights' versions when the logits were computed
+    guidance: torch.Tensor
+    logits: torch.Tensor
+
+
+def _weights_version(network: Callable) -> tuple[int, ...]:
+    """A stamp that changes whenever the network's weights do: every in-place write (``load_state_dict`` included)
+    bumps a tensor's version counter."""
+    if not isinstance(network, torch.nn.Module):
+        return ()
+    return tuple(t._version for t in (*network.parameters(), *network.buffers()))
+
+
+def _reference(network: Callable) -> Callable[[], Callable | None]:
+    try:
+        return weakref.ref(network)
+    except TypeError:  # a callable that takes no weak reference: held as it is
+        return lambda: network
 
 
 def changed_box(before: torch.Tensor, after: torch.Tensor) -> tuple[slice, ...] | None:
@@ -95,42 +121,44 @@ class ClickRefinementInferer(Inferer):
         self.window = SlidingWindowInferer(self.roi_size, sw_batch_size, overlap)
         self.cache_size = cache_size
         self.margin = margin
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[str, _Remembered] = OrderedDict()
         self._lock = threading.Lock()
         self.last_region: tuple[slice, ...] | None = None  # what the last call computed (None: the full image)
 
-    def _key(self, inputs: torch.Tensor, network: Callable) -> str:
+    def _key(self, inputs: torch.Tensor) -> str:
         image = inputs[:, : inputs.shape[1] - self.guidance_channels].detach().float().contiguous().cpu()
         digest = hashlib.sha1(image.numpy().tobytes()).hexdigest()
-        return f"{id(network)}:{tuple(inputs.shape)}:{digest}"
+        return f"{tuple(inputs.shape)}:{digest}"
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> torch.Tensor:
         """inputs (1, C + G, D, H, W) -> logits (1, C_out, D, H, W)."""
         if inputs.shape[0] != 1:
             raise ValueError(f"ClickRefinementInferer takes one image at a time, got a batch of {inputs.shape[0]}.")
-        key = self._key(inputs, network)
+        key, weights = self._key(inputs), _weights_version(network)
         guidance = inputs[0, inputs.shape[1] - self.guidance_channels :]
         with self._lock:
             cached = self._cache.get(key)
+        if cached is not None and (cached.network() is not network or cached.weights != weights):
+            cached = None  # logits of other weights (MONAI Label reloads a retrained checkpoint): never blended in
         core = None
         if cached is not None:
-            core = changed_box(cached[0].to(guidance.device), guidance)
+            core = changed_box(cached.guidance.to(guidance.device), guidance)
         region = None if core is None else grow_box(core, self.roi_size, inputs.shape[2:], self.margin)
         if cached is None or (region is not None and self._is_whole(region, inputs.shape[2:])):
             logits = self.window(inputs, network, *args, **kwargs)
             self.last_region = None
         elif region is None:  # the same clicks again
-            logits = cached[1].to(inputs.device)
+            logits = cached.logits.to(inputs.device)
             self.last_region = tuple(slice(0, 0) for _ in range(3))
         else:
-            logits = cached[1].to(inputs.device).clone()
+            logits = cached.logits.to(inputs.device).clone()
             crop = (slice(None), slice(None), *region)
             fresh = self.window(inputs[crop], network, *args, **kwargs)
             weight = blend_weight(region, core, inputs.shape[2:]).to(device=fresh.device, dtype=fresh.dtype)
             logits[crop] = weight * fresh + (1 - weight) * logits[crop]
             self.last_region = region
         with self._lock:
-            self._cache[key] = (guidance.detach().cpu(), logits.detach().cpu())
+            self._cache[key] = _Remembered(_reference(network), weights, guidance.detach().cpu(), logits.detach().cpu())
             self._cache.move_to_end(key)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

@@ -5,7 +5,8 @@ Where the tensor changes shape, for input x (B, C_in, D, H, W) and L levels:
 - encoder:   x -> f_1 .. f_L, f_l (B, C_l, D/2^l, H/2^l, W/2^l)
 - tokenizer: f_l -> N candidate tokens (B, N, E) and scores (B, N)
 - selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N); with
-  ``guidance_channels`` (the interactive model) every cell under a click is kept
+  ``guidance_channels`` (the interactive model) every cell under a click is kept,
+  K growing to the number of clicked cells when they are more
 - mixer:     kept tokens (B, K, E) -> (B, K, E) (transformer blocks)
 - optional, ``token_completion="mta"``: kept and pruned tokens -> completed tokens (B, N, E)
 - optional, ``skip_type="dca"``: skip levels f_1 .. f_{L-1} -> same shapes (dual cross-attention)
@@ -127,7 +128,9 @@ class TokenSeg(nn.Module):
             background included; ``monai.apps.deepedit``), 0 for the automatic model.
         keep_clicked_cells: with guidance channels, keep the token of every
             cell under a click at every level, whatever its score
-            (``tokenseg.networks.click_cells``); False leaves selection to the scores.
+            (``tokenseg.networks.click_cells``); when the clicked cells outnumber
+            ``num_kept_tokens``, that many are kept (K grows for them). False
+            leaves selection to the scores.
 
     Examples::
 
@@ -278,9 +281,13 @@ class TokenSeg(nn.Module):
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self._check_input(x)
         selection_bonus = torch.zeros(1, device=x.device)
+        num_kept = self.num_kept_tokens
         if self.keep_clicked_cells:
             guidance = x[:, x.shape[1] - self.guidance_channels :]
-            selection_bonus = self.click_score_bonus * clicked_cells(guidance, self.grids)  # (B, N)
+            clicked = clicked_cells(guidance, self.grids)  # (B, N)
+            selection_bonus = self.click_score_bonus * clicked
+            # more clicked cells than K (a click marks a cell on every level): K grows so that every one stays kept
+            num_kept = max(num_kept, int(clicked.sum(dim=1).max().item()))
         features: List[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
@@ -289,7 +296,7 @@ class TokenSeg(nn.Module):
         tokenized = self.tokenizer(features)
         kept_indices, keep_mask = select_tokens(
             tokenized.scores.float() + selection_bonus,
-            self.num_kept_tokens,
+            num_kept,
             self.selection,
             self.training,
             self.gumbel_tau,
