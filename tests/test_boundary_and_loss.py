@@ -77,9 +77,10 @@ def test_choose_grid(size, tokens, expected):
 def test_loss_reports_each_term_and_sums_them():
     net = tiny_tokenseg()
     label = cube_label(lo=8, hi=20)
-    loss_function = TokenSegLoss(net, vq_weight=0.5, boundary_weight=0.2)
-    total = loss_function(net(torch.randn(1, 1, 32, 32, 32)), label)
-    terms = loss_function.last_terms
+    loss_function = TokenSegLoss(net.grids, vq_weight=0.5, boundary_weight=0.2)
+    output = net(torch.randn(1, 1, 32, 32, 32))
+    total = loss_function(output, label)
+    terms = {name: value.item() for name, value in loss_function.terms(output, label).items()}
     assert set(terms) == {"dice_ce", "vq", "boundary", "total"}
     assert all(v > 0 for v in terms.values())
     assert terms["total"] == pytest.approx(terms["dice_ce"] + 0.5 * terms["vq"] + 0.2 * terms["boundary"], rel=1e-5)
@@ -89,10 +90,14 @@ def test_loss_reports_each_term_and_sums_them():
 def test_loss_needs_the_training_output_and_matching_shapes():
     net = tiny_tokenseg()
     with pytest.raises(TypeError, match="training output"):
-        TokenSegLoss(net)(torch.randn(1, 2, 32, 32, 32), cube_label())
+        TokenSegLoss(net.grids)(torch.randn(1, 2, 32, 32, 32), cube_label())
     output = net(torch.randn(1, 1, 32, 32, 32))
     with pytest.raises(ValueError, match="do not match"):
-        TokenSegLoss(net)(output, torch.zeros(1, 1, 16, 16, 16))
+        TokenSegLoss(net.grids)(output, torch.zeros(1, 1, 16, 16, 16))
+    with pytest.raises(ValueError, match="pass the grids the network was built with"):
+        TokenSegLoss([[2, 2, 2]] * 4)(output, cube_label())
+    with pytest.raises(TypeError, match="not the network"):
+        TokenSegLoss(net)
 
 
 def test_boundary_hit_rate_counts_kept_tokens_on_the_band():

@@ -61,7 +61,7 @@ def test_training_step_on_non_cubic_patch():
     net = tiny_tokenseg(in_channels=3, out_channels=4, img_size=(64, 64, 32))
     image = torch.randn(2, 3, 64, 64, 32)
     label = torch.randint(0, 4, (2, 1, 64, 64, 32)).float()
-    loss = TokenSegLoss(net)(net(image), label)
+    loss = TokenSegLoss(net.grids)(net(image), label)
     loss.backward()
     assert torch.isfinite(loss)
 
@@ -125,7 +125,7 @@ def test_gradients_reach_every_trainable_part():
     net = tiny_tokenseg()
     image, label = single_lesion_volume((32, 32, 32))
     codebook_before = net.tokenizer.codebook.embedding.weight.clone()
-    TokenSegLoss(net)(net(image), label).backward()
+    TokenSegLoss(net.grids)(net(image), label).backward()
     missing = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert missing == []
     for part in ("encoder", "tokenizer.scorer", "tokenizer.projections", "mixer", "decoder", "head"):
@@ -172,7 +172,7 @@ def test_scores_get_gradient_through_the_straight_through_mask():
 def test_train_mode_forward_without_gradients_changes_nothing():
     # MONAI Label's epistemic scoring samples dropout with network.train() under no_grad
     net = tiny_tokenseg(dropout=0.2)
-    TokenSegLoss(net)(net(torch.randn(1, 1, 32, 32, 32)), torch.zeros(1, 1, 32, 32, 32))  # codebook initialised
+    TokenSegLoss(net.grids)(net(torch.randn(1, 1, 32, 32, 32)), torch.zeros(1, 1, 32, 32, 32))  # codebook initialised
     before = {name: t.clone() for name, t in net.state_dict().items()}
     net.train()
     with torch.no_grad():
@@ -191,7 +191,7 @@ def test_training_step_output_is_batch_first():
     assert all(value.shape[0] == 2 for value in out.values())
     assert not any(isinstance(value, torch.Tensor) for value in vars(net).values())
     with pytest.raises(TypeError, match="training output"):
-        TokenSegLoss(net)(out["logits"], torch.zeros(2, 1, 32, 32, 32))
+        TokenSegLoss(net.grids)(out["logits"], torch.zeros(2, 1, 32, 32, 32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -212,7 +212,7 @@ def test_training_step_under_cpu_autocast():
     image, label = single_lesion_volume((32, 32, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(image)
-        loss = TokenSegLoss(net)(out, label)
+        loss = TokenSegLoss(net.grids)(out, label)
     loss.backward()
     assert torch.isfinite(loss)
     assert (out["keep_mask"].detach().sum(dim=1) == net.num_kept_tokens).all()

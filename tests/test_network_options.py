@@ -35,7 +35,7 @@ def test_output_shape(option, size, in_channels, batch):
 def test_gradients_reach_every_parameter_of_the_option(option):
     net = tiny_tokenseg(**OPTIONS[option])
     image, label = single_lesion_volume((32, 32, 32))
-    TokenSegLoss(net)(net(image), label).backward()
+    TokenSegLoss(net.grids)(net(image), label).backward()
     missing = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert missing == []
     parts = {"dca": ["skip_attention"], "mta": ["token_assembly"], "dca+mta": ["skip_attention", "token_assembly"]}

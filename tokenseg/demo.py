@@ -27,21 +27,21 @@ def fit_volume(
     network: TokenSeg, image: torch.Tensor, label: torch.Tensor, steps: int, lr: float = 3e-3, log_every: int = 25
 ) -> list[dict[str, float]]:
     """Train ``network`` on one (image, label) pair for ``steps`` Adam steps; returns the loss terms per step."""
-    loss_function = TokenSegLoss(network)
+    loss_function = TokenSegLoss(network.grids)
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr)
     history = []
     network.train()
     for step in range(1, steps + 1):
         optimizer.zero_grad()
         output = network(image)
-        loss = loss_function(output, label)
-        loss.backward()
+        terms = loss_function.terms(output, label)
+        terms["total"].backward()
         optimizer.step()
-        history.append(dict(loss_function.last_terms))
+        history.append({name: value.item() for name, value in terms.items()})
         if step % log_every == 0 or step == steps:
-            terms = ", ".join(f"{k} {v:.4f}" for k, v in loss_function.last_terms.items())
-            perplexity = codebook_perplexity(output["code_indices"], network.tokenizer.codebook.num_embeddings)
-            logger.info(f"step {step}/{steps}: {terms}, codebook perplexity {perplexity.item():.1f}")
+            text = ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items())
+            perplexity = codebook_perplexity(output["code_indices"])
+            logger.info(f"step {step}/{steps}: {text}, codebook perplexity {perplexity.item():.1f}")
     return history
 
 

@@ -27,21 +27,23 @@ __all__ = ["TokenSegDiagnostics", "AtomicCheckpointSaver", "PhysicalHausdorffDis
 class TokenSegDiagnostics:
     """Averages TokenSeg's diagnostics over each training epoch into ``engine.state.metrics``.
 
-    After each loss computation (MONAI's ``IterationEvents.LOSS_COMPLETED``,
-    while the trainer's output still holds the network's training output) it
-    reads each loss term (``loss_dice_ce``, ``loss_vq``, ``loss_boundary``,
-    ``loss_total``), the codebook perplexity and the boundary hit rate of the
-    kept tokens, overall and per level (``boundary_hit_rate_level1``, ...,
-    over the batches that kept tokens of that level); at the end of the
-    epoch their means land in ``engine.state.metrics``, where MONAI's ``StatsHandler`` and
-    ``TensorBoardStatsHandler`` log them. Attach it before those handlers.
+    After each loss computation (MONAI's ``IterationEvents.LOSS_COMPLETED``)
+    it reads the engine's output, the network's training output and the
+    batch's label, and computes from them each loss term (``loss_dice_ce``,
+    ``loss_vq``, ``loss_boundary``, ``loss_total``, by the trainer's
+    ``TokenSegLoss``), the codebook perplexity and the boundary hit rate of
+    the kept tokens, overall and per level (``boundary_hit_rate_level1``, ...,
+    over the batches that kept tokens of that level); at the end of the epoch
+    their means land in ``engine.state.metrics``, where MONAI's
+    ``StatsHandler`` and ``TensorBoardStatsHandler`` log them. Attach it
+    before those handlers.
 
     Args:
-        loss_function: the trainer's ``TokenSegLoss`` (it knows the network).
-        label_key: key of the label in the trainer's batch.
+        loss_function: the trainer's ``TokenSegLoss`` (its terms and grids).
+        label_key: key of the label in the trainer's output.
     """
 
-    def __init__(self, loss_function: TokenSegLoss, label_key: str = "label") -> None:
+    def __init__(self, loss_function: TokenSegLoss, label_key: str = CommonKeys.LABEL) -> None:
         self.loss_function = loss_function
         self.label_key = label_key
         self._sums: dict[str, float] = defaultdict(float)
@@ -58,16 +60,16 @@ class TokenSegDiagnostics:
 
     @torch.no_grad()
     def _accumulate(self, engine: Engine) -> None:
-        network = self.loss_function.network
-        output = engine.state.output[CommonKeys.PRED]
-        values = {f"loss_{name}": value for name, value in self.loss_function.last_terms.items()}
-        values["codebook_perplexity"] = codebook_perplexity(
-            output["code_indices"], network.tokenizer.codebook.num_embeddings
-        ).item()
-        label = engine.state.batch[self.label_key]
-        hits = kept_boundary_hits(output["kept_indices"], label, network.grids)  # (B, K), the band computed once
+        output, label = engine.state.output[CommonKeys.PRED], engine.state.output[self.label_key]
+        if not isinstance(output, Mapping):  # not a training step's output (logits only): nothing to read
+            return
+        grids = self.loss_function.grids
+        terms = self.loss_function.terms(output, label)
+        values = {f"loss_{name}": float(value) for name, value in terms.items()}
+        values["codebook_perplexity"] = codebook_perplexity(output["code_indices"]).item()
+        hits = kept_boundary_hits(output["kept_indices"], label, grids)  # (B, K), the band computed once
         values["boundary_hit_rate"] = hits.mean().item()
-        per_level = hit_rate_per_level(hits, output["kept_indices"], network.grids)
+        per_level = hit_rate_per_level(hits, output["kept_indices"], grids)
         for level, rate in enumerate(per_level.tolist(), start=1):
             if not math.isnan(rate):  # NaN when no token of the level was kept
                 values[f"boundary_hit_rate_level{level}"] = rate

@@ -62,8 +62,8 @@ def hit_rate_per_level(hits: torch.Tensor, kept_indices: torch.Tensor, grids: Se
     return torch.stack(rates)
 
 
-def codebook_perplexity(code_indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+def codebook_perplexity(code_indices: torch.Tensor) -> torch.Tensor:
     """exp(entropy) of the codes' usage in ``code_indices`` (any shape): how many codes are in effective use."""
-    usage = torch.bincount(code_indices.reshape(-1), minlength=num_codes).float()
+    usage = torch.bincount(code_indices.reshape(-1)).float()
     probabilities = usage / usage.sum()
     return torch.exp(-(probabilities * probabilities.clamp_min(1e-10).log()).sum())

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     size = tuple(args.size)
     network = TokenSeg(in_channels=1, out_channels=2, img_size=size).to(device)
     image, label = (t.to(device) for t in single_lesion_volume(size))
-    loss_function = TokenSegLoss(network)
+    loss_function = TokenSegLoss(network.grids)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda")
     losses = []

@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import torch
 
-__all__ = ["choose_grid", "axis_assignment", "pool_to_cells", "expand_cells"]
+__all__ = ["choose_grid", "token_grids", "axis_assignment", "pool_to_cells", "expand_cells"]
 
 
 def choose_grid(level_size: Sequence[int], max_cells: int) -> tuple[int, int, int]:
@@ -49,6 +49,18 @@ def choose_grid(level_size: Sequence[int], max_cells: int) -> tuple[int, int, in
     assert best is not None
     return best[2]
 
+
+
+def token_grids(img_size: Sequence[int], tokens_per_level: Sequence[int]) -> List[List[int]]:
+    """The cell grid of every level (finest, stride 2, first) for a patch of ``img_size`` (D, H, W).
+
+    Level ``l`` (1-based) has ``img_size / 2 ** l`` positions and gets the grid of ``choose_grid`` for its
+    requested count; TokenSeg's candidate tokens and the loss's boundary targets both follow these grids.
+    """
+    return [
+        list(choose_grid([s // 2**level for s in img_size], requested))
+        for level, requested in enumerate(tokens_per_level, start=1)
+    ]
 
 def axis_assignment(size: int, cells: int, stride: int = 1, device: Optional[torch.device] = None) -> torch.Tensor:
     """One-hot ``(cells, size)`` matrix assigning each position of an axis to its cell.

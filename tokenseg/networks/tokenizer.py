@@ -13,15 +13,17 @@ cell grids ``g_l`` of ``N_l`` cells (N = sum N_l candidate tokens):
    (the codebook holds content only): ``z`` (B, N, E);
 4. an MLP scores each token from ``[z, mean_N(z), ||t - q||]``: (B, N) logits.
 
-The forward pass changes nothing: the codebook moves (EMA, dead-code
-restarts) only in ``TokenCodebook.update``, which the training step calls
-with the batch's content tokens and codes (``TokenSegLoss`` does), so that
-inference in train mode (dropout sampling) or under ``torch.no_grad`` leaves
-the network as it was, and the forward pass scripts for TorchScript.
+The codebook moves (EMA, dead-code restarts, ``TokenCodebook.update``) in
+the training step only, as MONAI's ``EMAQuantizer`` moves its codebook in
+its own forward pass: train mode with gradients enabled. Inference, in eval
+mode or in train mode under ``torch.no_grad`` (MONAI Label's dropout
+sampling), leaves the network as it was, and the forward pass scripts for
+TorchScript (inference only: the update is not scripted).
 """
 
-from __future__ import annotations
 
+# No "from __future__ import annotations" here: TorchScript reads the signature of the codebook's update,
+# which the scripted forward names, from real annotations.
 import math
 from collections.abc import Sequence
 from typing import List, NamedTuple, Tuple
@@ -69,9 +71,10 @@ class TokenCodebook(EMAQuantizer):
     """MONAI's ``EMAQuantizer`` for tokens, whose forward pass only looks codes up.
 
     Tokens (B, N, E) -> straight-through quantized tokens (B, N, E), code
-    indices (B, N) and the per-sample commitment loss (B,). The codebook
-    moves only in ``update``, one EMA step that the training step calls with
-    the batch's tokens and codes (``TokenSegLoss`` does).
+    indices (B, N) and the per-sample commitment loss (B,). In a training step
+    (train mode with gradients enabled) the forward pass then moves the
+    codebook one EMA step towards the batch's tokens (``update``); otherwise
+    it only looks codes up.
 
     Args:
         num_embeddings: codebook entries M.
@@ -101,6 +104,8 @@ class TokenCodebook(EMAQuantizer):
         code_indices = code_indices[..., 0]  # (B, N)
         codes = self.embedding(code_indices).to(tokens.dtype)  # (B, N, E)
         loss = self.commitment_cost * (codes.detach() - tokens).pow(2).mean(dim=(1, 2))
+        if self.training and torch.is_grad_enabled():  # the training step: after the look-up, as EMAQuantizer does
+            self.update(tokens, code_indices)
         return tokens + (codes - tokens).detach(), code_indices, loss
 
     @torch.jit.unused
@@ -108,7 +113,6 @@ class TokenCodebook(EMAQuantizer):
         super().distributed_synchronization(encodings_sum, dw)
 
     @torch.jit.unused
-    @torch.no_grad()
     def update(self, tokens: torch.Tensor, code_indices: torch.Tensor) -> None:
         """One EMA step towards ``tokens`` (B, N, E) as assigned by ``code_indices`` (B, N), then dead-code restarts.
 
@@ -116,23 +120,24 @@ class TokenCodebook(EMAQuantizer):
         summed over ranks (MONAI's ``distributed_synchronization``) and the
         restarted codes come from rank 0, so every rank keeps the same codebook.
         """
-        flat = tokens.detach().reshape(-1, tokens.shape[-1]).float()
-        if not bool(self.ema_cluster_size.any()):
-            # First step: the codes were random, so are this batch's assignments; an EMA step from empty
-            # statistics would divide by ~0 and throw the used codes far away. Start every code on the data.
+        with torch.no_grad():  # an EMA step, not a gradient step
+            flat = tokens.detach().reshape(-1, tokens.shape[-1]).float()
+            if not bool(self.ema_cluster_size.any()):
+                # First step: the codes were random, so are this batch's assignments; an EMA step from empty
+                # statistics would divide by ~0 and throw the used codes far away. Start every code on the data.
+                self._restart_dead_codes(flat)
+                return
+            encodings = nn.functional.one_hot(code_indices.reshape(-1), self.num_embeddings).float()
+            encodings_sum = encodings.sum(0)
+            dw = encodings.t() @ flat
+            self.distributed_synchronization(encodings_sum, dw)
+            self.ema_cluster_size.mul_(self.decay).add_(encodings_sum, alpha=1 - self.decay)
+            n = self.ema_cluster_size.sum()
+            # Laplace smoothing of the cluster sizes, as MONAI's EMAQuantizer does
+            sizes = (self.ema_cluster_size + self.epsilon) / (n + self.num_embeddings * self.epsilon) * n
+            self.ema_w.mul_(self.decay).add_(dw, alpha=1 - self.decay)
+            self.embedding.weight.copy_(self.ema_w / sizes[:, None])
             self._restart_dead_codes(flat)
-            return
-        encodings = nn.functional.one_hot(code_indices.reshape(-1), self.num_embeddings).float()
-        encodings_sum = encodings.sum(0)
-        dw = encodings.t() @ flat
-        self.distributed_synchronization(encodings_sum, dw)
-        self.ema_cluster_size.mul_(self.decay).add_(encodings_sum, alpha=1 - self.decay)
-        n = self.ema_cluster_size.sum()
-        # Laplace smoothing of the cluster sizes, as MONAI's EMAQuantizer does
-        sizes = (self.ema_cluster_size + self.epsilon) / (n + self.num_embeddings * self.epsilon) * n
-        self.ema_w.mul_(self.decay).add_(dw, alpha=1 - self.decay)
-        self.embedding.weight.copy_(self.ema_w / sizes[:, None])
-        self._restart_dead_codes(flat)
 
     @torch.jit.unused
     def _restart_dead_codes(self, flat: torch.Tensor) -> None:
@@ -159,10 +164,6 @@ class NoCodebook(nn.Module):
         batch, count = tokens.shape[0], tokens.shape[1]
         code_indices = torch.zeros(batch, count, dtype=torch.long, device=tokens.device)
         return tokens, code_indices, tokens.new_zeros(batch)
-
-    @torch.jit.unused
-    def update(self, tokens: torch.Tensor, code_indices: torch.Tensor) -> None:
-        """Nothing to move."""
 
 
 class BoundaryAwareTokenizer(nn.Module):

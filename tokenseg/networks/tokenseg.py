@@ -36,7 +36,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from tokenseg.networks.blocks import BLOCK_TYPES, EncoderStage, TokenMixerBlock
-from tokenseg.networks.cells import choose_grid
+from tokenseg.networks.cells import token_grids
 from tokenseg.networks.click_cells import clicked_cells
 from tokenseg.networks.decoder import SparseToDenseDecoder
 from tokenseg.networks.dual_cross_attention import DualCrossAttention
@@ -193,17 +193,13 @@ class TokenSeg(nn.Module):
         depths = ensure_tuple_rep(depths, num_levels)
         tokens_per_level = ensure_tuple_rep(tokens_per_level, num_levels)
 
-        grids = []
-        for level, requested in enumerate(tokens_per_level, start=1):
-            level_size = [s // 2**level for s in self.img_size]
-            grid = choose_grid(level_size, requested)
+        self.grids: List[List[int]] = token_grids(self.img_size, tokens_per_level)
+        for level, (grid, requested) in enumerate(zip(self.grids, tokens_per_level), start=1):
             if math.prod(grid) < requested:
                 logger.info(
-                    f"TokenSeg level {level} ({level_size}) has room for {math.prod(grid)} of the "
-                    f"{requested} requested tokens: grid {grid}."
+                    f"TokenSeg level {level} ({[s // 2**level for s in self.img_size]}) has room for "
+                    f"{math.prod(grid)} of the {requested} requested tokens: grid {grid}."
                 )
-            grids.append(list(grid))
-        self.grids: List[List[int]] = grids
         self.num_tokens = sum(math.prod(g) for g in self.grids)
         self.selection = selection
         self.num_kept_tokens = self.num_tokens if selection == "all" else num_kept_tokens
