@@ -39,6 +39,7 @@ from monai.transforms import Compose, LoadImaged, Orientationd, Spacingd
 from scipy import ndimage
 
 from tokenseg.bench.learning import plot
+from tokenseg.bundle_task import BUNDLE_MODELS, INTERACTIVE_WEIGHTS, load_bundle
 from tokenseg.clicks import map_voxels
 from tokenseg.data.datalist import load_datalist
 from tokenseg.inferers import ClickRefinementInferer
@@ -46,7 +47,7 @@ from tokenseg.inferers import ClickRefinementInferer
 # the interactive TokenSeg; the same without keeping the clicked cells (does that pay?); MONAI's DeepEdit network
 MODELS = ("tokenseg_deepedit", "tokenseg_deepedit_unforced", "deepedit")
 INTERACTIVE_TRAIN = ["train.json", "train_deepedit.json"]
-INTERACTIVE_INFERENCE = ["inference.json", "inference_deepedit.json"]
+INTERACTIVE_INFERENCE = BUNDLE_MODELS[INTERACTIVE_WEIGHTS]
 THRESHOLDS = (0.85, 0.90)
 CLICK_RADIUS = 2  # voxels around a click where the simulated annotator does not click again
 
@@ -79,15 +80,10 @@ def train(model: str, run_dir: Path, dataset: str, dataset_dir: str, epochs: int
 
 def load_interactive(bundle: Path, args: dict) -> tuple[torch.nn.Module, Compose, ConfigParser]:
     """The trained network (eval mode, CPU), the bundle's interactive preprocessing, and its parsed config."""
-    parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / c) for c in INTERACTIVE_INFERENCE])
-    parser.update({k: v for k, v in args.items() if k not in ("loss", "train#handlers", "epochs", "val_interval",
-                                                              "seed", "train_seconds", "init_from_automatic")})
-    parser["device"] = "$torch.device('cpu')"
-    network = parser.get_parsed_content("network_def")
-    state = torch.load(bundle / "models" / "model_deepedit.pt", map_location="cpu", weights_only=True)
-    network.load_state_dict({k: v.float() for k, v in state.items()})
-    return network.eval(), parser.get_parsed_content("preprocessing"), parser
+    settings = {k: v for k, v in args.items() if k not in ("loss", "train#handlers", "epochs", "val_interval", "seed",
+                                                           "train_seconds", "init_from_automatic")}
+    parser, network = load_bundle(bundle, INTERACTIVE_INFERENCE, INTERACTIVE_WEIGHTS, settings)
+    return network, parser.get_parsed_content("preprocessing"), parser
 
 
 def next_click(pred: np.ndarray, label: np.ndarray, foreground: str, clicked: np.ndarray) -> tuple[str, list[int]] | None:

@@ -3,7 +3,8 @@
     python -m monailabel.main start_server --app monailabel_app --studies <folder> \
         --conf models all --host 127.0.0.1 --port 8000
 
-Models (``--conf models``: ``all``, the default, or a comma-separated list):
+Models (``--conf models``: ``all``, the default, or a comma-separated list),
+one module each in ``lib/configs`` as in MONAI Label's radiology app:
 ``tokenseg``, the automatic model (type ``segmentation``), and
 ``tokenseg_deepedit``, the interactive one (type ``deepedit``: Slicer and OHIF
 show their click tools; a request without clicks gets the automatic model's
@@ -31,51 +32,55 @@ Python, so MONAI Label never tries to download it.
 
 from __future__ import annotations
 
+import contextvars
+import importlib
 import inspect
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from fastapi import Depends, HTTPException
+from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
 from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
-from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-from monailabel.utils.others.generic import strtobool
+from monailabel.utils.others.class_utils import get_class_names
+from monailabel.utils.others.generic import remove_file, strtobool
 
 import tokenseg
-from tokenseg.bundle_task import INTERACTIVE_WEIGHTS
 
+import lib.configs
 from lib.datastore import CheckedDatastore, check_image_id
 from lib.dicomweb import PhaseStackDICOMwebDatastore
-from lib.infer import NO_MODEL, InteractiveModel, TrainedModel, UntrainedModel, check_image, clicks_of
-from lib.scoring import SCORE_KEY, BoundaryTokenEntropyScoring
+from lib.infers.tokenseg import NO_MODEL, TokenSegInfer, check_image
+from lib.infers.tokenseg_deepedit import clicks_of
 from lib.task import prepare_task
-from lib.train import InteractiveTrainTask, TokenSegTrainTask
 
 logger = logging.getLogger(__name__)
 
 MODEL = "tokenseg"
 INTERACTIVE_MODEL = "tokenseg_deepedit"
-MODELS = (MODEL, INTERACTIVE_MODEL)
 DICOMWEB_FILTER = {"Modality": "MR"}
 MONAI_LABEL_DEFAULT_FILTER = {"Modality": "CT"}
 SEG_TOOL = "itkimage2segimage"
+# the file this request uploaded, set by the app's own infer route (``_install_request_checks``)
+UPLOAD: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("tokenseg_upload", default=None)
 
 
 def find_seg_tool() -> str:
@@ -90,13 +95,22 @@ def find_seg_tool() -> str:
     return tool
 
 
+def task_configs() -> dict[str, type[TaskConfig]]:
+    """Each model's ``TaskConfig`` in ``lib/configs``, by its module's name (the radiology app's convention)."""
+    configs = {}
+    for path in get_class_names(lib.configs, "TaskConfig"):
+        module, name = path.rsplit(".", 1)
+        configs[module.rsplit(".", 1)[-1].lower()] = getattr(importlib.import_module(module), name)
+    return dict(sorted(configs.items()))  # tokenseg before tokenseg_deepedit: the interactive one warm-starts from it
+
+
 class TokenSegApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
-        self.models = served_models(conf.get("models", "all"))
+        configs = task_configs()
+        self.models = served_models(conf.get("models", "all"), tuple(configs))
         source = Path(conf.get("bundle", Path(app_dir).resolve().parent / "bundle"))
         model_dir = Path(conf.get("model_dir", Path(app_dir) / "model"))
         self.task = prepare_task(source, model_dir / MODEL, conf, studies)
-        self.bundle_dir = str(self.task.bundle)
         self.train_defaults: dict[str, Any] = {
             "max_epochs": int(conf.get("epochs", 10)),
             "val_split": float(conf.get("val_split", 0.2)),
@@ -104,6 +118,11 @@ class TokenSegApp(MONAILabelApp):
             "multi_gpu": strtobool(conf.get("multi_gpu", "false")),
             "tracking": conf.get("tracking", "none").lower(),
         }
+        self.configs: dict[str, TaskConfig] = {}
+        for name in self.models:
+            self.configs[name] = configs[name]()
+            self.configs[name].init(name, str(model_dir), conf, None, task=self.task, train_defaults=self.train_defaults)
+        self.uploads = Path(tempfile.mkdtemp(prefix="tokenseg-uploads-"))  # this server's uploads, nobody else's
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -146,88 +165,77 @@ class TokenSegApp(MONAILabelApp):
             num_phases=self.task.spec["in_channels"],
         )
 
-    def _checkpoint(self, model: str) -> Path:
-        return self.task.checkpoint if model == MODEL else self.task.bundle / "models" / INTERACTIVE_WEIGHTS
-
-    def _interactive_labels(self) -> dict[str, int]:
-        """The interactive model's labels: one click channel per class, the background's included."""
-        return {"background": 0, **self.task.spec["labels"]}
-
-    def _model_task(self, model: str) -> InferTask:
-        labels = ", ".join(self.task.spec["labels"])
-        if model == MODEL:
-            if self.task.checkpoint.exists():
-                return TrainedModel(self.bundle_dir, self.conf, self.task.start_weights)
-            return UntrainedModel(
-                self.task.spec["labels"], f"TokenSeg for {labels} (not trained yet)", self.task.start_weights
-            )
-        start = "the automatic model's weights (every layer that fits) when it has any, else from scratch"
-        if self._checkpoint(model).exists():
-            return InteractiveModel(self.bundle_dir, self.conf, start)
-        return UntrainedModel(
-            self._interactive_labels(),
-            f"Interactive TokenSeg for {labels}: clicks refine it (not trained yet)",
-            start,
-            type="deepedit",
-        )
-
     def init_infers(self) -> dict[str, InferTask]:
-        return {model: self._model_task(model) for model in self.models}
+        self.infer_tasks = {name: config.infer() for name, config in self.configs.items()}
+        return dict(self.infer_tasks)
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        trainers: dict[str, TrainTask] = {}
-        if MODEL in self.models:
-            trainers[MODEL] = TokenSegTrainTask(self.bundle_dir, self.conf, self.train_defaults, self.task.pretrained_path)
-        if INTERACTIVE_MODEL in self.models:
-            trainers[INTERACTIVE_MODEL] = InteractiveTrainTask(self.bundle_dir, self.conf, self.train_defaults)
-        return trainers
+        trainers = {name: config.trainer() for name, config in self.configs.items()}
+        self.trainers = {name: trainer for name, trainer in trainers.items() if trainer}
+        return dict(self.trainers)
 
     def init_strategies(self) -> dict[str, Strategy]:
-        return {
-            SCORE_KEY: Epistemic(k=1, key=SCORE_KEY, desc="Unlabelled image whose boundaries TokenSeg is least sure of"),
-            "random": Random(),
-            "first": First(),
-        }
+        strategies: dict[str, Strategy] = {}
+        for config in self.configs.values():
+            strategies.update(config.strategy() or {})
+        return {**strategies, "random": Random(), "first": First()}
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
-        return {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_dir, self.train_defaults["device"])}
-
-    def _current_model(self, model: str) -> InferTask:
-        """The served model; the bundle task replaces the untrained one once training has written a checkpoint."""
-        if isinstance(self._infers.get(model), UntrainedModel) and self._checkpoint(model).exists():
-            self._infers[model] = self._model_task(model)
-        return self._infers[model]
-
-    def info(self):
-        for model in self.models:
-            self._current_model(model)
-        return super().info()
+        methods: dict[str, ScoringMethod] = {}
+        for config in self.configs.values():
+            methods.update(config.scoring_method() or {})
+        return methods
 
     def infer(self, request, datastore=None):
-        image, model = request.get("image"), request.get("model")
-        if model in self.models and isinstance(image, str) and "session" not in request:
-            store = datastore or self.datastore()
-            if _is_upload(image):
-                check_image("uploaded image", image, self.task.spec["in_channels"])
-            elif isinstance(store, PhaseStackDICOMwebDatastore):
-                check_image_id(image)
-                store.phases_of(image)  # any phase series of a study with all its phases (404/400 otherwise)
-            elif image in store.list_images():  # a stored image, whatever characters its name has
-                check_image(image, store.get_image_uri(image), self.task.spec["in_channels"])
-            else:
-                check_image_id(image)
-                raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore.")
-            if model == INTERACTIVE_MODEL:
-                request = self._route_clicks(request, image, image if _is_upload(image) else store.get_image_uri(image))
-        if request.get("model") in self.models:
-            self._current_model(request["model"])
+        if request.get("model") in self.infer_tasks:
+            request = self.check_infer_request(request, datastore or self.datastore())
         return super().infer(request, datastore)
 
-    def _route_clicks(self, request: dict, image_id: str, path: str) -> dict:
+    def check_infer_request(self, request: dict, store: Datastore) -> dict:
+        """HTTP 4xx for an image this request may not segment or cannot; the interactive model's clicks checked.
+
+        The image must be a datastore image, the file this request uploaded, or
+        the image of a MONAI Label session: any other path, even an existing
+        file, is refused (MONAI Label would read it as it is).
+        """
+        image, model = request.get("image"), request["model"]
+        if not isinstance(image, str):
+            raise HTTPException(status_code=400, detail=f"image must be an image id, got {type(image).__name__}.")
+        name, path = image, None
+        if UPLOAD.get() is not None and image == UPLOAD.get():
+            name, path = "uploaded image", image
+        elif self._is_session(request):
+            return request
+        elif isinstance(store, PhaseStackDICOMwebDatastore):
+            check_image_id(image)
+            store.phases_of(image)  # any phase series of a study with all its phases (404/400 otherwise)
+            path = store.get_image_uri(image)
+        elif image in store.list_images():  # a stored image, whatever characters its name has
+            path = store.get_image_uri(image)
+        else:
+            check_image_id(image)
+            raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore.")
+        if not isinstance(store, PhaseStackDICOMwebDatastore):
+            check_image(name, path, self.task.spec["in_channels"])
+        if model == INTERACTIVE_MODEL:
+            return self._route_clicks(request, name, path)
+        return request
+
+    def _is_session(self, request: dict) -> bool:
+        """A MONAI Label session of this server whose image is the request's (``/session/``, then ``session_id``)."""
+        info = request.get("session")
+        name = info.get("name") if isinstance(info, dict) else None
+        if not isinstance(name, str):
+            return False
+        check_image_id(name, "session id")
+        session = self.sessions().get_session(name, update_ts=False)
+        return session is not None and session.image == request.get("image")
+
+    def _route_clicks(self, request: dict, name: str, path: str) -> dict:
         """Check the interactive request's clicks (HTTP 400); without any, the automatic model answers it."""
-        clicks = clicks_of(request, self._interactive_labels(), "uploaded image" if _is_upload(image_id) else image_id, path)
-        automatic = self._current_model(MODEL) if MODEL in self.models else None
-        if not any(clicks.values()) and isinstance(automatic, TrainedModel):
+        clicks = clicks_of(request, self.configs[INTERACTIVE_MODEL].labels, name, path)
+        automatic = self.infer_tasks.get(MODEL)
+        if not any(clicks.values()) and automatic is not None and automatic.model() is not None:
             return {**request, "model": MODEL}
         return request
 
@@ -238,9 +246,9 @@ class TokenSegApp(MONAILabelApp):
 
     def check_train_request(self, model: str) -> None:
         """HTTP 4xx, before any training process starts, for what cannot train."""
-        if model not in self._trainers:
+        if model not in self.trainers:
             raise HTTPException(
-                status_code=404, detail=f"no trainer for model {model!r}; this app trains {list(self._trainers)}."
+                status_code=404, detail=f"no trainer for model {model!r}; this app trains {list(self.trainers)}."
             )
         if not self.datastore().get_labeled_images():
             raise HTTPException(
@@ -249,9 +257,10 @@ class TokenSegApp(MONAILabelApp):
 
     def check_batch_infer_request(self, model: str, params: Optional[dict]) -> None:
         """HTTP 4xx, before the batch process starts: an unknown or untrained model, or masks aimed at final labels."""
-        if model not in self._infers:
-            raise HTTPException(status_code=404, detail=f"no model {model!r}; this app serves {list(self._infers)}.")
-        if isinstance(self._current_model(model), UntrainedModel):
+        task = self.infer_tasks.get(model)
+        if task is None:
+            raise HTTPException(status_code=404, detail=f"no model {model!r}; this app serves {list(self.infer_tasks)}.")
+        if isinstance(task, TokenSegInfer) and task.model() is None:
             raise HTTPException(status_code=409, detail=NO_MODEL.format(model=model))
         tag = (params or {}).get("label_tag", DefaultLabelTag.ORIGINAL)
         if tag == DefaultLabelTag.FINAL:
@@ -266,17 +275,23 @@ class TokenSegApp(MONAILabelApp):
             self._install_request_checks()
 
     def _install_request_checks(self) -> None:
-        """Answer bad training and batch-inference requests with a 4xx.
+        """Routes of the app's own in front of three of MONAI Label's (0.8.5), each handing on to MONAI Label's.
 
-        MONAI Label (0.8.5) starts both in a background process (``AsyncTask``)
-        and offers no hook in the server process before it does: a check in
-        the task itself could only fail later, in the background, while the
-        client has already been told 200. So a route in front of each stock
-        route checks the request, then hands it to MONAI Label's own function.
+        - ``POST /train/{model}`` and ``POST /batch/infer/{model}``: MONAI Label
+          starts both in a background process (``AsyncTask``) and offers no hook
+          in the server process before it does; a check in the task itself could
+          only fail later, in the background, while the client has already been
+          told 200. So bad requests are answered with a 4xx here first.
+        - ``POST /infer/{model}`` with a file: MONAI Label stores an upload in
+          the temp folder, where results and other clients' uploads also are,
+          and hands it to the app as a path, marked no other way. Here the
+          upload goes to this server's own folder under a random name and the
+          request is marked (``UPLOAD``), so that no other file ever passes as one.
         """
         from monailabel.app import app as server
         from monailabel.endpoints.batch_infer import api_run as stock_batch_infer
         from monailabel.endpoints.batch_infer import run as run_batch
+        from monailabel.endpoints.infer import ResultType, run_inference
         from monailabel.endpoints.train import run_model
 
         async def train_model(
@@ -299,27 +314,42 @@ class TokenSegApp(MONAILabelApp):
             self.check_batch_infer_request(model, params)
             return run_batch(model, images, params, run_sync)
 
+        async def infer(
+            background_tasks: BackgroundTasks,
+            model: str,
+            image: str = "",
+            session_id: str = "",
+            params: str = Form("{}"),
+            file: UploadFile = File(None),
+            label: UploadFile = File(None),
+            output: Optional[ResultType] = None,
+            user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+        ):
+            if not file:
+                return run_inference(background_tasks, model, image, session_id, params, file, label, output)
+            suffix = "".join(Path(file.filename).suffixes) if file.filename else ".nii.gz"
+            upload = self.uploads / f"{uuid.uuid4().hex}{suffix}"
+            with open(upload, "wb") as stored:
+                shutil.copyfileobj(file.file, stored)
+            background_tasks.add_task(remove_file, str(upload))
+            marked = UPLOAD.set(str(upload))
+            try:
+                return run_inference(background_tasks, model, str(upload), session_id, params, None, label, output)
+            finally:
+                UPLOAD.reset(marked)
+
         for path, endpoint, summary in (
             ("/train/{model}", train_model, "Run Training Task for a model"),
             ("/batch/infer/{model}", batch_infer, "Run Batch Inference Task"),
+            ("/infer/{model}", infer, "Run Inference for supported model"),
         ):
             server.router.routes.insert(0, APIRoute(path, endpoint, methods=["POST"], summary=summary))
 
 
-def served_models(models: str) -> tuple[str, ...]:
-    """``--conf models``: ``all`` or a comma-separated list of ``MODELS``."""
-    chosen = MODELS if models.strip() == "all" else tuple(m.strip() for m in models.split(",") if m.strip())
-    unknown = [m for m in chosen if m not in MODELS]
+def served_models(models: str, available: tuple[str, ...]) -> tuple[str, ...]:
+    """``--conf models``: ``all`` or a comma-separated list of ``available``, in ``available``'s order."""
+    chosen = available if models.strip() == "all" else tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in available]
     if unknown or not chosen:
-        raise ValueError(f"--conf models must be 'all' or a comma-separated list of {list(MODELS)}; got {models!r}.")
-    return chosen
-
-
-def _is_upload(image: str) -> bool:
-    """A file the infer endpoint itself stored from an upload (a NamedTemporaryFile in the temp folder).
-
-    MONAI Label hands an uploaded image to ``infer`` as that file's path in ``image``, the same field
-    that carries a datastore id, and marks it no other way: the temp folder and name are the only sign.
-    """
-    path = Path(image)
-    return path.is_file() and path.parent == Path(tempfile.gettempdir()) and path.name.startswith("tmp")
+        raise ValueError(f"--conf models must be 'all' or a comma-separated list of {list(available)}; got {models!r}.")
+    return tuple(m for m in available if m in chosen)

@@ -35,7 +35,7 @@ from monai.bundle import ConfigParser
 from tokenseg.data.datalist import load_datalist
 from tokenseg.data.demo import ensure_demo_dataset
 
-from lib.scoring import BundleScorer
+from lib.activelearning.boundary_entropy import BundleScorer
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

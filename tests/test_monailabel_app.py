@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import nibabel as nib
@@ -120,6 +122,22 @@ def test_bad_requests_get_4xx_and_lose_nothing(studies, demo, tmp_path):
         assert_rejected(lambda: client.infer("tokenseg", "no_such_image", {}), "404", "not found")
         assert_rejected(lambda: client.infer("tokenseg", "../../etc/passwd", {}), "400", "invalid image id")
         assert_rejected(lambda: client.upload_image(str(studies / f"{CASES[1]}.nii.gz"), "../escape"), "400", "invalid")
+
+        # a file in the server's temp folder, where MONAI Label keeps uploads and results, is no datastore image
+        stray = Path(tempfile.gettempdir()) / f"tmp{uuid.uuid4().hex[:8]}.nii.gz"
+        shutil.copy(demo / "imagesTr" / "breast_010.nii.gz", stray)
+        try:
+            assert_rejected(lambda: client.infer("tokenseg", str(stray), {}), "400", "invalid image id")
+            assert_rejected(lambda: client.infer("tokenseg", CASES[1], {"image": str(stray)}), "400", "invalid image id")
+            forged = {"session": {"name": "forged", "image": str(stray)}, "image": str(stray)}
+            assert_rejected(lambda: client.infer("tokenseg", CASES[1], forged), "400", "invalid image id")
+            # ... nor is it when the request carries an upload of its own
+            upload = str(studies / f"{CASES[1]}.nii.gz")
+            assert_rejected(lambda: client.infer("tokenseg", "x", {"image": str(stray)}, file=upload), "400", "invalid")
+        finally:
+            stray.unlink()
+        mask, _ = client.infer("tokenseg", "uploaded", {}, file=str(demo / "imagesTr" / "breast_010.nii.gz"))
+        assert_mask_in_image_space(mask, demo / "imagesTr" / "breast_010.nii.gz")  # a real upload is segmented
 
         assert set(client.datastore()["objects"]) == set(CASES)
         assert {p: sha(p) for p in before} == before

@@ -174,7 +174,7 @@ def test_where_training_starts(tmp_path):
     """Shipped weights when they fit, all but the output layer when only the channels do, else from scratch."""
     sys.path.insert(0, str(APP))
     from lib.task import prepare_task
-    from lib.train import TokenSegTrainTask
+    from lib.trainers.tokenseg import TokenSegTrainTask
 
     studies, cases = make_studies(tmp_path, 2, num_cases=2)
     for image, _ in cases:  # as three-channel images, the shipped model's input

@@ -39,7 +39,7 @@ from tokenseg.data.datalist import IMAGE_SUFFIXES
 
 __all__ = [
     "BUNDLE_MODELS", "INTERACTIVE_TRAIN_CONFIGS", "INTERACTIVE_WEIGHTS", "TaskSpec", "parse_labels", "task_from_images",
-    "write_task_bundle", "read_task", "pretrained_state", "image_files",
+    "write_task_bundle", "read_task", "pretrained_state", "image_files", "read_weights", "load_bundle",
 ]
 
 logger = logging.getLogger(__name__)
@@ -238,6 +238,46 @@ def write_task_bundle(
     return task
 
 
+def read_weights(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint, whether saved bare or as the bundle's ``{"model": ...}``."""
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return weights.get("model", weights)
+
+
+def load_bundle(
+    bundle: str | os.PathLike,
+    configs: Sequence[str] = BUNDLE_MODELS["model.pt"],
+    weights: str | None = "model.pt",
+    overrides: Mapping | None = None,
+    device: str | torch.device = "cpu",
+):
+    """A bundle's parsed configuration and its network, with ``models/<weights>`` loaded, in evaluation mode.
+
+    The one way the project reads a bundle's model back (the app's scoring, the task writer, the benchmarks).
+
+    Args:
+        bundle: the bundle folder.
+        configs: its config files, in the order they apply (default: the automatic model's inference).
+        weights: the checkpoint in ``models/`` (float16 ones are cast to the network's dtype); None: not loaded.
+        overrides: config values set after reading (e.g. a benchmark's network settings).
+        device: where the network goes (the config's ``device`` is set to it).
+
+    Returns:
+        ``(parser, network)``: a ``monai.bundle.ConfigParser`` and the ``network_def`` instance.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(Path(bundle) / "configs" / name) for name in configs])
+    parser.update(dict(overrides or {}))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = f"$torch.device('{torch.device(device)}')"
+    network = parser.get_parsed_content("network_def")
+    if weights is not None:
+        network.load_state_dict(read_weights(Path(bundle) / "models" / weights))
+    return parser, network.to(device).eval()
+
+
 def pretrained_state(
     checkpoint: str | os.PathLike, bundle: str | os.PathLike, configs: Sequence[str] = BUNDLE_MODELS["model.pt"]
 ) -> tuple[dict, bool]:
@@ -247,16 +287,8 @@ def pretrained_state(
     (others, such as a head for another label count, are left out) and
     whether they are the whole network.
     """
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(Path(bundle) / "configs" / name) for name in configs])
-    parser["device"] = "$torch.device('cpu')"
-    network = parser.get_parsed_content("network_def")
-    weights = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    weights = weights.get("model", weights)
-    target = network.state_dict()
-    state = {k: v for k, v in weights.items() if k in target and target[k].shape == v.shape}
+    target = load_bundle(bundle, configs, weights=None)[1].state_dict()
+    state = {k: v for k, v in read_weights(checkpoint).items() if k in target and target[k].shape == v.shape}
     return state, state.keys() == target.keys()
 
 

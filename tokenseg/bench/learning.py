@@ -71,7 +71,9 @@ def fit_small_target(
     set_determinism(seed)
     data = small_target_case(case)
     network = build_model(model, 1, 2, PATCH_SIZE) if isinstance(model, str) else model
-    loss_function = TokenSegLoss(network.grids) if isinstance(network, TokenSeg) else DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_function = (
+        TokenSegLoss(network.grids) if isinstance(network, TokenSeg) else DiceCELoss(to_onehot_y=True, softmax=True)
+    )
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     crop = RandCropByPosNegLabeld(

@@ -113,7 +113,9 @@ def measure(
 
     elif mode == "train":
         model.train()
-        loss_function = TokenSegLoss(model.grids) if isinstance(model, TokenSeg) else DiceCELoss(to_onehot_y=True, softmax=True)
+        loss_function = (
+            TokenSegLoss(model.grids) if isinstance(model, TokenSeg) else DiceCELoss(to_onehot_y=True, softmax=True)
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step() -> None:

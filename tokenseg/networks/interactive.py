@@ -17,13 +17,14 @@ import torch
 from monai.networks.utils import copy_model_state
 from torch import nn
 
+from tokenseg.bundle_task import read_weights
+
 __all__ = ["load_automatic_weights"]
 
 
 def load_automatic_weights(network: nn.Module, checkpoint: str | os.PathLike) -> list[str]:
     """Load the automatic model's ``checkpoint`` into the interactive ``network``; returns the tensors set."""
-    source = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    source = source.get("model", source)
+    source = read_weights(checkpoint)
     state, updated, _ = copy_model_state(network, source, inplace=False)
     for name, value in source.items():
         target = state.get(name)

@@ -16,11 +16,11 @@ import os
 import time
 
 import torch
-from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.utils.others.generic import name_to_device
 
+from tokenseg.bundle_task import load_bundle
 from tokenseg.uncertainty import boundary_token_entropy
 
 logger = logging.getLogger(__name__)
@@ -33,16 +33,10 @@ class BundleScorer:
     """The bundle's inference preprocessing and its network with the current weights, scoring images by path."""
 
     def __init__(self, bundle_path: str, device: torch.device) -> None:
-        parser = ConfigParser()
-        parser.read_config(os.path.join(bundle_path, "configs", "inference.json"))
-        parser["bundle_root"] = bundle_path
+        parser, self.network = load_bundle(bundle_path, device=device)
         self.device = device
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.patch_size = parser.get_parsed_content("patch_size")
-        self.network = parser.get_parsed_content("network_def").to(device)
-        weights = torch.load(os.path.join(bundle_path, "models", "model.pt"), map_location=device, weights_only=True)
-        self.network.load_state_dict(weights.get("model", weights))
-        self.network.eval()
 
     def __call__(self, image_path: str) -> float:
         data = self.preprocessing({"image": image_path})

@@ -1,4 +1,4 @@
-"""Retraining the TokenSeg bundle's models from the saved final labels: the automatic one and the interactive one."""
+"""Retraining the TokenSeg bundle's automatic model from the saved final labels."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleTrainTask
-
-from tokenseg.bundle_task import INTERACTIVE_TRAIN_CONFIGS, INTERACTIVE_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +121,13 @@ class TokenSegTrainTask(BundleTrainTask):
             # without validation images the train metric is the best there is (not the evaluator's -1)
             "evaluator": "@validate#evaluator" if overrides.get(self.const.key_validate_dataset_data()) else None,
         }
-        # attached after the bundle's own handlers, so that each epoch's stats include its validation
-        overrides["run"] = ["$@train_stats_publisher.attach(@train#trainer)", *self.bundle_config["run"]]
+        # attached after the bundle's own handlers, so that each epoch's stats include its validation; under
+        # multi-GPU training (torchrun, the bundle's multi_gpu_train.json) by rank 0 alone, the one that saves
+        overrides["run"] = [
+            "$@train_stats_publisher.attach(@train#trainer) if not torch.distributed.is_initialized() "
+            "or torch.distributed.get_rank() == 0 else None",
+            *self.bundle_config["run"],
+        ]
         return overrides
 
     def __call__(self, request, datastore: Datastore):
@@ -148,27 +151,3 @@ class TokenSegTrainTask(BundleTrainTask):
             return {}
         with open(path) as f:
             return {name: float(value) for name, value in csv.reader(f)}
-
-
-class InteractiveTrainTask(TokenSegTrainTask):
-    """The interactive model's retraining: the bundle's ``train.json`` with ``train_deepedit.json`` over it.
-
-    DeepEdit's training (MONAI's click simulation from the model's own
-    errors, ``tokenseg.interaction.ClickInteraction``) on the same final
-    labels and validation cases as the automatic model; its first training
-    starts from the automatic model's weights (the mixin's ``initialize``).
-    """
-
-    model_file = INTERACTIVE_WEIGHTS
-    stats_file = "train_stats_deepedit.json"
-
-    def __init__(self, path: str, conf: dict[str, str], defaults: dict[str, Any]) -> None:
-        super().__init__(path, conf, defaults)
-        self.bundle_config_path = self._configs(path)  # what monai.bundle.run reads, in order
-
-    @staticmethod
-    def _configs(path: str) -> list[str]:
-        return [os.path.join(path, "configs", c) for c in INTERACTIVE_TRAIN_CONFIGS]
-
-    def _load_bundle_config(self, path, config):
-        return super()._load_bundle_config(path, self._configs(path))

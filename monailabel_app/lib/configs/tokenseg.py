@@ -1,0 +1,47 @@
+"""The automatic TokenSeg (MONAI Label type ``segmentation``): inference, retraining and its active learning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.epistemic import Epistemic
+
+from lib.activelearning.boundary_entropy import SCORE_KEY, BoundaryTokenEntropyScoring
+from lib.infers.tokenseg import TokenSegInfer
+from lib.task import AppTask
+from lib.trainers.tokenseg import TokenSegTrainTask
+
+
+class TokenSeg(TaskConfig):
+    """The task's automatic model, from the task's working bundle.
+
+    ``init`` takes, besides MONAI Label's arguments, ``task`` (the app's
+    ``lib.task.AppTask``: working bundle, labels, channels, initial weights)
+    and ``train_defaults`` (the app's defaults of a training request).
+    """
+
+    def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs) -> None:
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.task: AppTask = kwargs["task"]
+        self.train_defaults: dict[str, Any] = kwargs["train_defaults"]
+        self.bundle_path = str(self.task.bundle)
+        self.labels = self.task.spec["labels"]
+
+    def infer(self) -> InferTask:
+        return TokenSegInfer(
+            self.bundle_path, self.conf, self.labels, f"TokenSeg for {', '.join(self.labels)}", self.task.start_weights
+        )
+
+    def trainer(self) -> TrainTask:
+        return TokenSegTrainTask(self.bundle_path, self.conf, self.train_defaults, self.task.pretrained_path)
+
+    def strategy(self) -> dict[str, Strategy]:
+        return {SCORE_KEY: Epistemic(k=1, key=SCORE_KEY, desc="Unlabelled image whose boundaries TokenSeg is least sure of")}
+
+    def scoring_method(self) -> dict[str, ScoringMethod]:
+        return {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_path, self.train_defaults["device"])}
