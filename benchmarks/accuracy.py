@@ -2,7 +2,7 @@
 
 Every model is trained with the bundle's own ``train.json`` (same data,
 patch, augmentation, optimiser, schedule and number of optimisation steps),
-only ``network_def`` (built by ``tokenseg.bench.models.build_model``, the
+only ``network_def`` (built by ``benchmarks.models.build_model``, the
 same settings as the speed benchmark) and, for the baselines, the loss
 (MONAI's ``DiceCELoss`` in place of ``TokenSegLoss``) differ. Then the
 bundle's ``evaluate.json`` measures Dice, IoU and HD95 on the test split.
@@ -18,7 +18,7 @@ low-contrast lesion of 0.1-0.5% of the voxels, 0.8 x 0.8 x 5 mm;
 
 Writes ``accuracy.json`` and ``accuracy.md`` to ``--out`` (mean and standard
 deviation over the seeds, and every seed's figures); pass the JSON to
-``python -m tokenseg.bench --accuracy`` for the Dice-memory Pareto plot.
+``python -m benchmarks.cost --accuracy`` for the Dice-memory Pareto plot.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import shutil
 import statistics
@@ -36,9 +37,9 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-from tokenseg.bench.learning import plot
-from tokenseg.bench.models import MODEL_SETTINGS, MODELS
-from tokenseg.bench.tables import accuracy_table
+from benchmarks.learning import plot
+from benchmarks.models import MODEL_SETTINGS, MODELS
+from benchmarks.tables import accuracy_table
 from tokenseg.data.datalist import load_datalist
 from tokenseg.data.demo import ensure_demo_dataset
 from tokenseg.data.small_targets import SMALL_TARGET_SPACING, ensure_small_target_dataset
@@ -65,8 +66,9 @@ def bundle_run(bundle: Path, run_id: str, configs: list[str], args_file: Path, l
         "--logging_file", str(bundle / "configs" / "logging.conf"),
         "--args_file", str(args_file),
     ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(log, "w") as out:  # written as it runs: the bundle's progress bar and logs
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)  # the configs name benchmarks.models
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
     return log.read_text()
@@ -80,11 +82,12 @@ def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: 
             "num_workers": 0, "seed": seed, **DATASETS[dataset][1]}
     if model == "tokenseg":
         return args  # the bundle as shipped
-    network = f"$tokenseg.bench.models.build_model('{model}', {network_inputs}, @out_channels, @patch_size, @pixdim)"
-    if model.startswith("tokenseg"):  # a TokenSeg variant: the bundle's own loss and diagnostics
-        return {**args, "network_def": network}
+    network = f"$benchmarks.models.build_model('{model}', {network_inputs}, @out_channels, @patch_size, @pixdim)"
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundle" / "configs" / "train.json"))  # the handlers every copy starts from
+    parser.read_config(str(REPO / "bundle" / "configs" / "train.json"))  # the imports and handlers every copy starts from
+    args["imports"] = [*parser["imports"], "$import benchmarks.models"]
+    if model.startswith("tokenseg"):  # a TokenSeg variant: the bundle's own loss (on the variant's grids) and diagnostics
+        return {**args, "network_def": network, "loss#grids": "$@network_def.grids"}
     handlers = [h for h in parser["train"]["handlers"] if h["_target_"] != "tokenseg.handlers.TokenSegDiagnostics"]
     return {
         **args,
@@ -95,7 +98,7 @@ def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: 
 
 
 def write_report(report: dict, out: Path) -> None:
-    """accuracy.json (for ``python -m tokenseg.bench --accuracy``), accuracy.md and the validation curves
+    """accuracy.json (for ``python -m benchmarks.cost --accuracy``), accuracy.md and the validation curves
     (accuracy_val_curves.png: has every model converged in the budget?)."""
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
     lines = accuracy_table(report)

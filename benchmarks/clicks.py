@@ -4,7 +4,7 @@ Both are trained by the bundle's own interactive training (``train.json`` with
 ``train_deepedit.json`` over it: DeepEdit's click simulation from the model's
 errors), from scratch, on the same data with the same seed and epochs;
 DeepEdit differs only in its network (the model zoo's DynUNet,
-``tokenseg.bench.models`` ``"deepedit"``) and loss (``DiceCELoss``). Then an
+``benchmarks.models`` ``"deepedit"``) and loss (``DiceCELoss``). Then an
 annotator is simulated on every test case: after each answer, one click on
 the voxel deepest inside the largest error (on the lesion where the model
 missed some, on the background where it added some), up to ``--max-clicks``.
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accuracy import DATASETS, REPO, bundle_run, fresh_bundle, overrides
+from benchmarks.accuracy import DATASETS, REPO, bundle_run, fresh_bundle, overrides
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, LoadImaged, Orientationd, Spacingd
 from scipy import ndimage
 
-from tokenseg.bench.learning import plot
+from benchmarks.learning import plot
 from tokenseg.bundle_task import BUNDLE_MODELS, INTERACTIVE_WEIGHTS, load_bundle
 from tokenseg.clicks import map_voxels
 from tokenseg.data.datalist import load_datalist

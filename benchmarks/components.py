@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from tokenseg.bench.trained_bundle import load_trained_bundle
+from benchmarks.trained_bundle import load_trained_bundle
 from tokenseg.data.datalist import load_datalist
 
 

@@ -30,9 +30,9 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from torch.utils.flop_counter import FlopCounterMode
 
-from tokenseg.bench.measure import forward_gflops
-from tokenseg.bench.models import build_model
-from tokenseg.bench.trained_bundle import load_trained_bundle
+from benchmarks.measure import forward_gflops
+from benchmarks.models import build_model
+from benchmarks.trained_bundle import load_trained_bundle
 from tokenseg.data.datalist import load_datalist
 from tokenseg.metrics import boundary_hit_rate_per_level
 

@@ -19,5 +19,5 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 echo "[tokenseg] installing the pinned stack into $venv (several minutes the first time)" >&2
 "$venv/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
-"$venv/bin/python" -m pip install --progress-bar off -c "$root/constraints.txt" -e "$root[test,bench]"
+"$venv/bin/python" -m pip install --progress-bar off -c "$root/constraints.txt" -e "$root[app,bench,test]"
 echo "$want" > "$stamp"

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from tokenseg.bench.__main__ import main, pareto_front
-from tokenseg.bench.models import build_model
-from tokenseg.bench.profile import profile_modules
+from benchmarks.cost import main, pareto_front
+from benchmarks.models import build_model
+from benchmarks.profile import profile_modules
 
 
 def test_benchmark_writes_every_field(tmp_path):
@@ -94,7 +94,7 @@ def test_profile_times_every_part_of_tokenseg():
 
 def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
     from benchmarks.accuracy import summarise, write_report
-    from tokenseg.bench.tables import accuracy_table
+    from benchmarks.tables import accuracy_table
 
     per_seed = {str(s): {"test_dice": d, "test_iou": d - 0.1, "test_hd95_mm": 2.0, "train_seconds": 10.0,
                          "val_curve": [[60, d - 0.2], [120, d - 0.1]]}
@@ -111,7 +111,7 @@ def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
 
 
 def test_resenc_m_is_planned_like_nnunet_for_thick_slices():
-    from tokenseg.bench.nnunet import plan_resenc_m
+    from benchmarks.nnunet import plan_resenc_m
 
     # 0.8 x 0.8 x 5 mm: in-plane pooling and in-plane kernels until the spacing is within a factor 2, then 3D
     plan = plan_resenc_m((64, 64, 16), (0.8, 0.8, 5.0))

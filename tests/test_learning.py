@@ -2,7 +2,7 @@
 
 import pytest
 
-from tokenseg.bench.learning import fit_small_target
+from benchmarks.learning import fit_small_target
 from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.demo import evaluate_volume, fit_volume
 from tokenseg.uncertainty import boundary_token_entropy

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenseg.bench.kept_flops import gflops_with_kept_first_level
-from tokenseg.bench.measure import forward_gflops
+from benchmarks.kept_flops import gflops_with_kept_first_level
+from benchmarks.measure import forward_gflops
 from tokenseg.data.synthetic import single_lesion_volume
 from tokenseg.losses import TokenSegLoss
 from tokenseg.networks import TokenSeg, TokenSegOutput

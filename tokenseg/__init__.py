@@ -1,11 +1,10 @@
 """TokenSeg: boundary-aware sparse token 3D medical image segmentation for MONAI."""
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 # Submodules are imported so that bundle configs can write `tokenseg.data.datalist.load_datalist(...)`
 # after a plain `import tokenseg`.
 from tokenseg import (  # noqa: E402
-    bench,
     boundary,
     clicks,
     data,
@@ -20,6 +19,6 @@ from tokenseg import (  # noqa: E402
 )
 
 __all__ = [
-    "bench", "boundary", "clicks", "data", "handlers", "inferers", "interaction", "losses", "metrics", "networks",
+    "boundary", "clicks", "data", "handlers", "inferers", "interaction", "losses", "metrics", "networks",
     "transforms", "uncertainty",
 ]

@@ -69,7 +69,7 @@ class TokenSegOutput(NamedTuple):
 
 
 class TokenSeg(nn.Module):
-    """TokenSeg network (Zeng et al., arXiv 2601.04519), with the design choices of DESIGN.md.
+    """TokenSeg network (Zeng et al., arXiv 2601.04519), with the design choices of docs/design.md.
 
     ``token_cells`` (N, 4) gives each candidate token's level (1 .. L, stride
     ``2 ** level``) and cell index (cell_d, cell_h, cell_w) on that level's grid.

@@ -10,7 +10,7 @@ recipe (patches of 64 x 64 x 16 cropped two on the lesion to one off it,
 TokenSeg's own loss for TokenSeg), and the Dice of its sliding-window
 segmentation of the whole case is taken every ``eval_every`` steps::
 
-    python -m tokenseg.bench.learning --models unet tokenseg --steps 400 --seeds 0 1 2 --out runs/learning
+    python -m benchmarks.learning --models unet tokenseg --steps 400 --seeds 0 1 2 --out runs/learning
 
 It prints the curves, a table of Dice per step (mean and s.d. over the
 seeds), the first step at which each seed passed 0.5 and 0.8, and writes
@@ -34,7 +34,7 @@ from monai.networks.utils import one_hot
 from monai.transforms import NormalizeIntensity, RandCropByPosNegLabeld
 from monai.utils import set_determinism
 
-from tokenseg.bench.models import MODELS, build_model
+from benchmarks.models import MODELS, build_model
 from tokenseg.data.small_targets import make_small_target_case
 from tokenseg.losses import TokenSegLoss
 from tokenseg.networks import TokenSeg
@@ -64,7 +64,7 @@ def _case_dice(network: torch.nn.Module, case: dict[str, torch.Tensor]) -> float
 def fit_small_target(
     model: str | torch.nn.Module, steps: int, seed: int = 0, case: int = 0, eval_every: int = 50
 ) -> list[tuple[int, float]]:
-    """Train ``model`` (a name of ``tokenseg.bench.models.MODELS`` or a network) on one small-target case.
+    """Train ``model`` (a name of ``benchmarks.models.MODELS`` or a network) on one small-target case.
 
     Returns the curve [(step, Dice of the whole case)], one point every ``eval_every`` steps.
     """

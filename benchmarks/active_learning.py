@@ -13,7 +13,7 @@ runs them) and the app's own scorer:
 
 Writes ``results.json``, ``results.md`` and ``dice_vs_labels.png`` to ``--out``.
 
-    python monailabel_app/measure_active_learning.py --out runs/active_learning
+    python -m benchmarks.active_learning --out runs/active_learning
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -35,13 +36,14 @@ from monai.bundle import ConfigParser
 from tokenseg.data.datalist import load_datalist
 from tokenseg.data.demo import ensure_demo_dataset
 
-from lib.activelearning.boundary_entropy import BundleScorer
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "monailabel_app"))  # the app's own scorer, as the app imports it
+from lib.activelearning.boundary_entropy import BundleScorer  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 logger = logging.getLogger("active_learning")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def copy_bundle(source: Path, dest: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Where a model's inference time goes, by module: ``python -m tokenseg.bench.profile --size 96 96 96``.
+"""Where a model's inference time goes, by module: ``python -m benchmarks.profile --size 96 96 96``.
 
 Every child module of the network (for TokenSeg: the encoder stages, the
 tokenizer, the mixer, the decoder and the head) is wrapped in a profiler
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from tokenseg.bench.models import MODELS, build_model
+from benchmarks.models import MODELS, build_model
 
 __all__ = ["profile_modules"]
 

@@ -1,6 +1,6 @@
 """TokenSeg's FLOPs against the number of first-level cells it refines.
 
-    python -m tokenseg.bench.kept_flops --sizes 96x96x96 160x160x160 256x256x128 64x64x32 --kept 0 25 50 100
+    python -m benchmarks.kept_flops --sizes 96x96x96 160x160x160 256x256x128 64x64x32 --kept 0 25 50 100
 
 With ``refinement="kept"`` the first level is convolved only in the kept
 first-level cells, so one forward pass costs a fixed part plus a part per
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tokenseg.bench.measure import forward_gflops
+from benchmarks.measure import forward_gflops
 from tokenseg.networks import TokenSeg
 
 __all__ = ["gflops_with_kept_first_level", "main"]

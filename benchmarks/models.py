@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from monai.networks.nets import UNETR, DynUNet, SegResNet, SwinUNETR, UNet
 from torch import nn
 
-from tokenseg.bench.nnunet import resenc_m
+from benchmarks.nnunet import resenc_m
 from tokenseg.networks import TokenSeg
 
 __all__ = ["ABLATIONS", "MODELS", "MODEL_SETTINGS", "build_model"]

@@ -3,7 +3,7 @@
 Run by the benchmark driver as a subprocess per (model, size, mode) so that
 peak memories never mix:
 
-    python -m tokenseg.bench.measure --model unet --size 96 96 96 --mode infer
+    python -m benchmarks.measure --model unet --size 96 96 96 --mode infer
 
 Modes: ``infer`` (one forward pass of a ``size`` patch, no gradients),
 ``train`` (forward, loss, backward, optimiser step on a ``size`` patch) and
@@ -27,7 +27,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from tokenseg.bench.models import build_model
+from benchmarks.models import build_model
 from tokenseg.losses import TokenSegLoss
 from tokenseg.networks import TokenSeg
 

@@ -1,8 +1,8 @@
 """Benchmark TokenSeg against MONAI's UNet, SegResNet, UNETR and SwinUNETR, side by side.
 
-    python -m tokenseg.bench --out runs/bench
+    python -m benchmarks.cost --out runs/bench
 
-Each (model, size, mode) is measured in its own process (``tokenseg.bench.measure``)
+Each (model, size, mode) is measured in its own process (``benchmarks.measure``)
 so that peak memories never mix; a measurement that fails or runs out of time is
 recorded as skipped with its reason. Writes ``bench.json`` (every figure and the
 machine), ``bench.md`` (tables, TokenSeg's ratios against each baseline, growth
@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenseg.bench.models import ABLATIONS, MODEL_SETTINGS, MODELS
-from tokenseg.bench.tables import accuracy_table
+from benchmarks.models import ABLATIONS, MODEL_SETTINGS, MODELS
+from benchmarks.tables import accuracy_table
 
-logger = logging.getLogger("tokenseg.bench")
+logger = logging.getLogger("benchmarks")
+REPO = Path(__file__).resolve().parents[1]  # benchmarks.measure runs from here
 
 BASELINES = ("unet", "segresnet", "unetr", "swinunetr")
 
@@ -54,7 +55,7 @@ def machine() -> dict:
 
 
 def run_one(model: str, size: Sequence[int], mode: str, args, volume: Sequence[int] | None = None) -> dict:
-    cmd = [sys.executable, "-m", "tokenseg.bench.measure", "--model", model, "--size", *map(str, size),
+    cmd = [sys.executable, "-m", "benchmarks.measure", "--model", model, "--size", *map(str, size),
            "--mode", mode, "--repeats", str(args.repeats), "--in-channels", str(args.in_channels)]
     if volume:
         cmd += ["--volume", *map(str, volume)]
@@ -66,7 +67,7 @@ def run_one(model: str, size: Sequence[int], mode: str, args, volume: Sequence[i
 
     try:
         cap = None if torch.cuda.is_available() else cap_memory
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=cap)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=cap, cwd=REPO)
     except subprocess.TimeoutExpired:
         return {**record, "skipped": f"over the {args.timeout} s limit"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
