@@ -14,7 +14,7 @@ Datasets (``--dataset``): ``demo`` (the bundle's synthetic breast DCE-MRI,
 low-contrast lesion of 0.1-0.5% of the voxels, 0.8 x 0.8 x 5 mm;
 ``tokenseg.data.small_targets``).
 
-    python benchmarks/accuracy.py --dataset small_targets --epochs 25 --seeds 0 1 2 --out runs/accuracy_small
+    python -m benchmarks.accuracy --dataset small_targets --epochs 25 --seeds 0 1 2 --out runs/accuracy_small
 
 Writes ``accuracy.json`` and ``accuracy.md`` to ``--out`` (mean and standard
 deviation over the seeds, and every seed's figures); pass the JSON to

@@ -16,7 +16,7 @@ it does in MONAI Label); TokenSeg runs its ``ClickRefinementInferer`` (the
 first click a full pass, every later one the region around it), with its
 full pass timed and scored beside it.
 
-    python benchmarks/clicks.py --dataset demo --epochs 30 --out runs/clicks_demo
+    python -m benchmarks.clicks --dataset demo --epochs 30 --out runs/clicks_demo
 
 Writes ``clicks.json``, ``clicks.md`` and ``clicks.png`` (Dice against clicks) to ``--out``.
 """

@@ -1,6 +1,6 @@
 """Where a trained run's test errors are: connected components of its predictions against the lesion.
 
-    python benchmarks/components.py runs/accuracy_small/tokenseg/seed_0 runs/accuracy_small/unet/seed_0
+    python -m benchmarks.components runs/accuracy_small/tokenseg/seed_0 runs/accuracy_small/unet/seed_0
 
 Each argument is a run folder of ``benchmarks/accuracy.py`` (its bundle copy,
 trained, and its ``overrides.json``). The run's network segments every test

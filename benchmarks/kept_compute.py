@@ -1,6 +1,6 @@
 """The work the trained TokenSeg does on real volumes: where its kept tokens go and what they cost.
 
-    python benchmarks/kept_compute.py [--bundle bundle] [--split test]
+    python -m benchmarks.kept_compute [--bundle bundle] [--split test]
 
 With ``refinement="kept"`` (the default) the first level is convolved only
 inside the kept first-level cells, so the work per window depends on where

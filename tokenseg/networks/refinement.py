@@ -112,7 +112,7 @@ class KeptCellUpBlock(nn.Module):
 
     The stem's output reaches the head only through the kept cells' blocks:
     added everywhere (TokenSeg 0.5), it was a shallow path from a single
-    strided convolution to the head (``docs/benchmarks.md``, "TokenSeg 0.6").
+    strided convolution to the head (``CHANGELOG.md``, 0.6.0).
 
     The output is the refined value in kept cells and ``coarse`` elsewhere;
     the keep mask's soft gradient (soft top-K) sees the difference refinement
