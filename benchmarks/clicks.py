@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchmarks.accuracy import DATASETS, REPO, bundle_run, fresh_bundle, overrides
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, LoadImaged, Orientationd, Spacingd
 from scipy import ndimage
 
+from benchmarks.accuracy import DATASETS, REPO, bundle_run, fresh_bundle, overrides
 from benchmarks.learning import plot
 from tokenseg.bundle_task import BUNDLE_MODELS, INTERACTIVE_WEIGHTS, load_bundle
 from tokenseg.clicks import map_voxels

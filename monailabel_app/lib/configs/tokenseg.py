@@ -10,8 +10,10 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.epistemic import Epistemic
+from monailabel.utils.others.generic import strtobool
 
 from lib.activelearning.boundary_entropy import SCORE_KEY, BoundaryTokenEntropyScoring
+from lib.activelearning.epistemic import DropoutEpistemicScoring
 from lib.infers.tokenseg import TokenSegInfer
 from lib.task import AppTask
 from lib.trainers.tokenseg import TokenSegTrainTask
@@ -31,6 +33,10 @@ class TokenSeg(TaskConfig):
         self.train_defaults: dict[str, Any] = kwargs["train_defaults"]
         self.bundle_path = str(self.task.bundle)
         self.labels = self.task.spec["labels"]
+        # MONAI Label's dropout-sampling strategy, off by default as in its radiology app: it runs the model
+        # `epistemic_samples` times on every unlabelled image after each training
+        self.epistemic = strtobool(conf.get("epistemic_enabled", "false"))
+        self.epistemic_samples = int(conf.get("epistemic_samples", 5))
 
     def infer(self) -> InferTask:
         return TokenSegInfer(
@@ -41,7 +47,17 @@ class TokenSeg(TaskConfig):
         return TokenSegTrainTask(self.bundle_path, self.conf, self.train_defaults, self.task.pretrained_path)
 
     def strategy(self) -> dict[str, Strategy]:
-        return {SCORE_KEY: Epistemic(k=1, key=SCORE_KEY, desc="Unlabelled image whose boundaries TokenSeg is least sure of")}
+        strategies = {
+            SCORE_KEY: Epistemic(k=1, key=SCORE_KEY, desc="Unlabelled image whose boundaries TokenSeg is least sure of")
+        }
+        if self.epistemic:
+            strategies[f"{self.name}_epistemic"] = Epistemic()
+        return strategies
 
     def scoring_method(self) -> dict[str, ScoringMethod]:
-        return {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_path, self.train_defaults["device"])}
+        methods = {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_path, self.train_defaults["device"])}
+        if self.epistemic:
+            methods[f"{self.name}_epistemic"] = DropoutEpistemicScoring(
+                self.bundle_path, self.conf, simulation_size=self.epistemic_samples
+            )
+        return methods

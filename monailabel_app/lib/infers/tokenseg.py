@@ -39,13 +39,15 @@ class BundleModel(BundleInferTask):
         const: which checkpoint (``BundleConstants``).
         type: MONAI Label's model type.
         configs: the bundle's inference configs that build this model, in order (MONAI Label reads one).
+        kwargs: further arguments of ``BundleInferTask`` (``train_mode``, ``skip_writer``, ``dropout``: MONAI
+            Label's dropout sampling).
     """
 
     def __init__(
-        self, path: str, conf: dict[str, str], const: BundleConstants, type: str, configs: Sequence[str]
+        self, path: str, conf: dict[str, str], const: BundleConstants, type: str, configs: Sequence[str], **kwargs
     ) -> None:
         self.configs = list(configs)
-        super().__init__(path, conf, const=const, type=type)
+        super().__init__(path, conf, const=const, type=type, **kwargs)
         # MONAI Label offers every models/*.pt to the client and loads the shortest name by default
         # (BundleInferTask, 0.8.5): this model has exactly its own
         self._config["model_filename"] = [os.path.basename(self.path[0])]

@@ -50,6 +50,9 @@ class TokenSegTrainTask(BundleTrainTask):
     total_time: what Slicer's progress bar reads), written by MONAI Label's own
     ``PublishStatsAndModel``. The last validation metrics, which the bundle
     writes to ``eval/metrics.csv``, are the task's result (``/train/`` status).
+    Besides MONAI Label's keys, a request may give ``seed`` (the bundle's
+    determinism seed) and ``early_stop_patience`` (stop once the validation
+    Dice has not improved for that many validations; MONAI's ``EarlyStopHandler``).
 
     Args:
         path: the bundle folder.
@@ -70,6 +73,7 @@ class TokenSegTrainTask(BundleTrainTask):
         self.pretrained_path = pretrained_path
         self.split_path = Path(path) / SPLIT_FILE
         self.stats_path = Path(path) / "eval" / self.stats_file
+        self.request: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         options = super().config()
@@ -109,6 +113,17 @@ class TokenSegTrainTask(BundleTrainTask):
 
     def _update_overrides(self, overrides):
         overrides["val_interval"] = self.val_interval
+        if "seed" in self.request:  # the bundle's determinism seed (the annotation-loop benchmark varies it)
+            overrides["seed"] = int(self.request["seed"])
+        patience = int(self.request.get("early_stop_patience", 0))
+        if patience > 0 and overrides.get(self.const.key_validate_dataset_data()):
+            # stop when the stable validation cases' Dice has not improved for `patience` validations
+            overrides["validate#handlers"] = [*self.bundle_config["validate"]["handlers"], {
+                "_target_": "EarlyStopHandler",
+                "patience": patience,
+                "score_function": "$lambda engine: engine.state.metrics['val_mean_dice']",
+                "trainer": "@train#trainer",
+            }]
         overrides["train_stats_publisher"] = {
             "_target_": "monailabel.tasks.train.handler.PublishStatsAndModel",
             "stats_path": str(self.stats_path),
@@ -132,6 +147,7 @@ class TokenSegTrainTask(BundleTrainTask):
 
     def __call__(self, request, datastore: Datastore):
         request = {**self.defaults, **request, "model_filename": self.model_file}
+        self.request = request  # what _update_overrides reads (seed, early_stop_patience)
         if float(request.get("val_split", 0)) < 0:
             # MONAI Label's "-1: the bundle's own validation list" would validate on the bundle's demo data
             request["val_split"] = self.defaults["val_split"]

@@ -1,0 +1,53 @@
+"""The annotation-loop benchmark at its smallest size: two rounds through the real server, for every strategy."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+
+from benchmarks.annotation_loop import STRATEGIES, main
+from tokenseg.data.cohort import cohort_difficulty, make_cohort_case
+
+
+def test_cohort_cases_vary_in_difficulty_as_drawn():
+    draws = [cohort_difficulty(seed) for seed in range(40)]
+    assert {d["lesions"] for d in draws} == {0, 1, 2, 3}
+    shares = [d["lesion_share"] for d in draws if d["lesions"]]
+    assert 5e-4 <= min(shares) < 2e-3 and 1e-2 < max(shares) <= 2e-2
+    assert min(d["cnr"] for d in draws) < 2.5 and max(d["cnr"] for d in draws) > 4
+    assert any(d["strong_bias"] for d in draws) and any(d["noise_burst"] for d in draws)
+    for seed in (0, 9):
+        image, label = make_cohort_case(seed)
+        assert abs(label.mean() - draws[seed]["lesion_share"]) < 0.5 * draws[seed]["lesion_share"]
+        assert np.array_equal(make_cohort_case(seed)[0], image)  # reproducible by seed
+
+
+def test_two_rounds_through_the_server_for_every_strategy(tmp_path):
+    out = tmp_path / "loop"
+    main(["--strategies", *STRATEGIES, "--seeds", "0", "--initial", "2", "--step", "2", "--labels", "4",
+          "--epochs", "1", "--pool", "6", "--test", "2", "--shape", "32", "32", "16", "--patch", "32", "32", "16",
+          "--epistemic-samples", "2", "--val-split", "0.5", "--no-full-pool", "--out", str(out)])
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    data = next(out.glob("cohort_*"))
+    for strategy in STRATEGIES:
+        first, second = [r for r in rounds if r["strategy"] == strategy]
+        assert (first["labels"], second["labels"]) == (2, 4)
+        # every strategy answered with images that had no label yet
+        assert len(second["chosen"]) == 2 and not set(second["chosen"]) & set(first["labelled"])
+        assert sorted(first["labelled"] + second["chosen"]) == second["labelled"]
+        # retrained between the rounds
+        assert second["checkpoint_mtime"] > first["checkpoint_mtime"]
+        # the strategy's scores were made by the checkpoint the first round trained
+        if STRATEGIES[strategy][0]:
+            assert second["scored_with"] == [int(first["checkpoint_mtime"])], (strategy, second["scored_with"])
+        # the labels saved are on disk as they were submitted, none lost
+        final = out / strategy / "seed_0" / "studies" / "labels" / "final"
+        assert sorted(p.name.removesuffix(".nii.gz") for p in final.glob("*.nii.gz")) == second["labelled"]
+        for image in second["labelled"]:
+            saved = np.asarray(nib.load(final / f"{image}.nii.gz").dataobj)
+            assert np.array_equal(saved, np.asarray(nib.load(data / "labelsTr" / f"{image}.nii.gz").dataobj))
+        assert 0 <= second["test_dice"] <= 1 and len(second["test_dice_per_case"]) == 2
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["strategies"]) == set(STRATEGIES) and (out / "dice_vs_labels.png").stat().st_size > 0
