@@ -7,15 +7,16 @@ Through MONAI Label's Python client, as an annotator would:
 
 1. two pool images, drawn by the seed, get their reference labels (``PUT /datastore/label``);
 2. the app retrains (``POST /train/tokenseg``: its own fine-tuning from the
-   current weights, its stable validation split), and the held-out test images
+   current weights, its stable validation split; ``--steps-per-round``
+   optimisation steps, whatever the labelled count), and the held-out test images
    are segmented by uploading each to ``POST /infer/tokenseg``; Dice against
    their references;
 3. the strategy's scoring runs (``POST /scoring/{method}``), then
    ``POST /activelearning/{strategy}`` names the next image, whose reference
    label is saved, ``--step`` times; back to 2, until ``--labels`` images are labelled.
 
-A model trained on the whole pool (the same server, every label saved, the
-same epochs) gives the Dice each curve is measured against. Every round is
+A model trained on the whole pool (the same server, every label saved, all
+the rounds' steps in one training) gives the Dice each curve is measured against. Every round is
 written to ``<out>/rounds.jsonl`` as it ends; a finished (strategy, seed) run
 is not repeated when the command runs again. The report (``report.md``,
 ``report.json``, ``dice_vs_labels.png``): Dice against labels (mean and 95%
@@ -106,7 +107,7 @@ def server_for(run_dir: Path, pool: list[tuple[Path, Path]], args) -> MonaiLabel
     if "tokenseg_epistemic" in args.strategies:
         conf.update({"epistemic_enabled": "true", "epistemic_samples": str(args.epistemic_samples)})
     env = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}  # scoring runs when this loop asks, for its strategy only
-    return MonaiLabelServer(studies, run_dir / "model", run_dir / "server.log", epochs=args.epochs,
+    return MonaiLabelServer(studies, run_dir / "model", run_dir / "server.log",
                             val_split=args.val_split, env=env, conf=conf, models=MODEL)
 
 
@@ -114,11 +115,20 @@ def image_id(path: Path) -> str:
     return path.name.removesuffix(".nii.gz")
 
 
+def epochs_for(labelled: int, steps: int, val_split: float, batch_size: int = 2) -> int:
+    """Epochs of a retraining on ``labelled`` images that make about ``steps`` optimisation steps (the app keeps
+    ``round(val_split * labelled)`` of them for validation, and the bundle trains at ``batch_size``)."""
+    training = max(1, labelled - round(val_split * labelled))
+    return max(1, math.ceil(steps / math.ceil(training / batch_size)))
+
+
 def run_loop(strategy: str, seed: int, pool, test_cases, args, record) -> None:
     """One annotation loop (``strategy``, ``seed``); ``record(round)`` gets every round as it ends."""
     run_dir = args.out / strategy / f"seed_{seed}"
     labels = {image_id(image): label for image, label in pool}
-    train_params = {"max_epochs": args.epochs, "seed": seed, "early_stop_patience": args.early_stop}
+    rounds = (args.labels - args.initial) // args.step + 1
+    # every round fine-tunes for the same number of steps; the full-pool model gets all the rounds' steps at once
+    steps = args.steps_per_round * (rounds if strategy == FULL_POOL else 1)
     with server_for(run_dir, pool, args) as server:
         client = client_for(server, run_dir)
         chosen = random.Random(seed).sample(sorted(labels), args.initial)
@@ -130,13 +140,14 @@ def run_loop(strategy: str, seed: int, pool, test_cases, args, record) -> None:
                 client.save_label(image, str(labels[image]), tag="final")
             labelled = client.datastore()["objects"]
             labelled = sorted(i for i, o in labelled.items() if o.get("labels", {}).get("final"))
-            seconds, _ = train(client, train_params)
+            epochs = epochs_for(len(labelled), steps, args.val_split)
+            seconds, _ = train(client, {"max_epochs": epochs, "seed": seed, "early_stop_patience": args.early_stop})
             scores = test_dice(client, test_cases)
             round_ = {
                 "strategy": strategy, "seed": seed, "labels": len(labelled), "labelled": labelled, "chosen": chosen,
                 "test_dice": statistics.fmean(scores), "test_dice_per_case": scores,
                 "train_seconds": round(seconds, 1), "score_seconds": round(score_seconds, 1), "scored_with": scored_with,
-                "checkpoint_mtime": checkpoint.stat().st_mtime,
+                "checkpoint_mtime": checkpoint.stat().st_mtime, "epochs": epochs,
                 "epochs_run": client.info()["train_stats"][MODEL].get("epoch"),
             }
             record(round_)
@@ -267,7 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--initial", type=int, default=2, help="labelled images before the first round")
     parser.add_argument("--step", type=int, default=2, help="images labelled per round")
     parser.add_argument("--labels", type=int, default=20, help="labelled images at the end")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of each retraining")
+    parser.add_argument("--steps-per-round", type=int, default=60,
+                        help="optimisation steps of each retraining (its epochs follow from the labelled count)")
     parser.add_argument("--early-stop", type=int, default=0,
                         help="stop a retraining once validation Dice has not improved for this many epochs (0: never)")
     parser.add_argument("--val-split", type=float, default=0.2)

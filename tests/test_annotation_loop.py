@@ -7,7 +7,7 @@ import json
 import nibabel as nib
 import numpy as np
 
-from benchmarks.annotation_loop import STRATEGIES, main
+from benchmarks.annotation_loop import STRATEGIES, epochs_for, main
 from tokenseg.data.cohort import cohort_difficulty, make_cohort_case
 
 
@@ -24,10 +24,16 @@ def test_cohort_cases_vary_in_difficulty_as_drawn():
         assert np.array_equal(make_cohort_case(seed)[0], image)  # reproducible by seed
 
 
+def test_retraining_epochs_follow_the_labelled_count():
+    assert epochs_for(2, 60, 0.2) == 60  # two images train (none kept for validation): one step an epoch
+    assert epochs_for(10, 60, 0.2) == 15  # eight train: four steps an epoch
+    assert epochs_for(40, 60, 0.2) == 4
+
+
 def test_two_rounds_through_the_server_for_every_strategy(tmp_path):
     out = tmp_path / "loop"
     main(["--strategies", *STRATEGIES, "--seeds", "0", "--initial", "2", "--step", "2", "--labels", "4",
-          "--epochs", "1", "--pool", "6", "--test", "2", "--shape", "32", "32", "16", "--patch", "32", "32", "16",
+          "--steps-per-round", "1", "--pool", "6", "--test", "2", "--shape", "32", "32", "16", "--patch", "32", "32", "16",
           "--epistemic-samples", "2", "--val-split", "0.5", "--no-full-pool", "--out", str(out)])
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     data = next(out.glob("cohort_*"))
