@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenseg.data.generated import ensure_generated, write_decathlon
-from tokenseg.data.small_targets import _smooth
+from tokenseg.data.small_targets import _smooth, make_head, mm_to_voxels
 
 __all__ = ["COHORT_SPLITS", "COHORT_SHAPE", "COHORT_SPACING", "cohort_difficulty", "make_cohort_case",
            "ensure_cohort_dataset"]
@@ -53,17 +53,8 @@ def make_cohort_case(seed: int, shape: tuple[int, int, int] = COHORT_SHAPE) -> t
     """One case: image (X, Y, Z) float32 and label (X, Y, Z) uint8 (1 = lesion), of ``cohort_difficulty(seed)``."""
     draw = cohort_difficulty(seed)
     rng = np.random.default_rng([seed, 2])
-    axes = [(np.arange(n) + 0.5) * s for n, s in zip(shape, COHORT_SPACING)]
-    coords = np.stack(np.meshgrid(*axes, indexing="ij"))  # (3, X, Y, Z) in mm
-    extent = np.array([n * s for n, s in zip(shape, COHORT_SPACING)])
-    sigma_mm = lambda mm: tuple(mm / s for s in COHORT_SPACING)  # noqa: E731
-
-    centre = extent / 2 + rng.uniform(-3, 3, 3) * np.array([1, 1, 0.5])
-    radii = extent * np.array([0.42, 0.46, 0.7]) * rng.uniform(0.92, 1.0, 3)
-    head_radius = np.sqrt((((coords - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0))
-    head, brain = head_radius < 1.0, head_radius < 0.9
-    white = brain & (_smooth(rng, shape, sigma_mm(4.0)) + 0.6 * (1 - head_radius) > 0.3)
-    fluid = brain & (_smooth(rng, shape, sigma_mm(6.0)) > 1.6)
+    sigma_mm = lambda mm: mm_to_voxels(mm, COHORT_SPACING)  # noqa: E731
+    coords, head_radius, head, brain, white, fluid = make_head(rng, shape, COHORT_SPACING)
 
     label = np.zeros(shape, np.uint8)
     if draw["lesions"]:
@@ -111,9 +102,8 @@ def _write_dataset(folder: Path, splits: dict[str, int], shape: tuple[int, int, 
 def ensure_cohort_dataset(
     dataset_dir: str | os.PathLike, splits: dict[str, int] = COHORT_SPLITS, shape: tuple[int, int, int] = COHORT_SHAPE
 ) -> str:
-    """Return ``dataset_dir``, generating the cohort there if needed (``splits`` and ``shape``: a smaller one for
-    tests; another size in the same folder is refused by ``ensure_generated``'s version check only, so use a new
-    folder per size)."""
+    """Return ``dataset_dir``, generating the cohort there if it holds none (``splits`` and ``shape``: a smaller
+    cohort, e.g. for tests; keep one folder per size, as a folder's cohort is not checked for its size)."""
     return ensure_generated(
         dataset_dir, "tokenseg_cohort_version", COHORT_VERSION, lambda folder: _write_dataset(folder, splits, shape)
     )

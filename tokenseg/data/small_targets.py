@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -46,23 +47,42 @@ def _smooth(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple[float
     return (field - field.mean()) / (field.std() + 1e-8)
 
 
+class Head(NamedTuple):
+    """A head-shaped phantom's geometry on a voxel grid (arrays (X, Y, Z), coordinates (3, X, Y, Z) in mm)."""
+
+    coords: np.ndarray  # voxel centres in mm
+    radius: np.ndarray  # elliptic radius from the head's centre: 1 at the scalp
+    head: np.ndarray  # inside the scalp
+    brain: np.ndarray  # inside the skull
+    white: np.ndarray  # white-like tissue (the rest of the brain is grey-like)
+    fluid: np.ndarray  # dark fluid spaces
+
+
+def mm_to_voxels(mm: float, spacing: tuple[float, ...]) -> tuple[float, ...]:
+    """A smoothing width in mm as voxels along each axis (anisotropic grids)."""
+    return tuple(mm / s for s in spacing)
+
+
+def make_head(rng: np.random.Generator, shape: tuple[int, ...], spacing: tuple[float, ...]) -> Head:
+    """A head: an ellipsoid of two tissues (a thresholded smooth random field) with a rim and fluid spaces."""
+    axes = [(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing)]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
+    extent = np.array([n * s for n, s in zip(shape, spacing)])
+    centre = extent / 2 + rng.uniform(-4, 4, 3) * np.array([1, 1, 0.5])
+    radii = extent * np.array([0.4, 0.46, 0.7]) * rng.uniform(0.92, 1.0, 3)
+    radius = np.sqrt((((coords - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0))
+    brain = radius < 0.9
+    white = brain & (_smooth(rng, shape, mm_to_voxels(4.0, spacing)) + 0.6 * (1 - radius) > 0.3)
+    fluid = brain & (_smooth(rng, shape, mm_to_voxels(6.0, spacing)) > 1.6)
+    return Head(coords, radius, radius < 1.0, brain, white, fluid)
+
+
 def make_small_target_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """One case: image (X, Y, Z) float32 and label (X, Y, Z) uint8 (1 = lesion)."""
     rng = np.random.default_rng(seed)
     shape = SMALL_TARGET_SHAPE
-    axes = [(np.arange(n) + 0.5) * s for n, s in zip(shape, SMALL_TARGET_SPACING)]
-    coords = np.stack(np.meshgrid(*axes, indexing="ij"))  # (3, X, Y, Z) in mm
-    extent = np.array([n * s for n, s in zip(shape, SMALL_TARGET_SPACING)])
-    # smoothing in voxels, about the same in mm on every axis
-    sigma_mm = lambda mm: tuple(mm / s for s in SMALL_TARGET_SPACING)  # noqa: E731
-
-    centre = extent / 2 + rng.uniform(-4, 4, 3) * np.array([1, 1, 0.5])
-    radii = extent * np.array([0.4, 0.46, 0.7]) * rng.uniform(0.92, 1.0, 3)
-    head_radius = np.sqrt((((coords - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0))
-    head = head_radius < 1.0
-    brain = head_radius < 0.9
-    white = brain & (_smooth(rng, shape, sigma_mm(4.0)) + 0.6 * (1 - head_radius) > 0.3)
-    fluid = brain & (_smooth(rng, shape, sigma_mm(6.0)) > 1.6)
+    sigma_mm = lambda mm: mm_to_voxels(mm, SMALL_TARGET_SPACING)  # noqa: E731
+    coords, head_radius, head, brain, white, fluid = make_head(rng, shape, SMALL_TARGET_SPACING)
 
     # The lesion: inside the brain, away from its edge; an ellipsoid with a bumpy surface.
     candidates = np.argwhere(brain & ~fluid & (head_radius < 0.7))
