@@ -49,6 +49,7 @@ from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadF
 from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX
+from monailabel.endpoints.infer import ResultType  # at module level: FastAPI resolves the route's annotations here
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
@@ -291,7 +292,7 @@ class TokenSegApp(MONAILabelApp):
         from monailabel.app import app as server
         from monailabel.endpoints.batch_infer import api_run as stock_batch_infer
         from monailabel.endpoints.batch_infer import run as run_batch
-        from monailabel.endpoints.infer import ResultType, run_inference
+        from monailabel.endpoints.infer import run_inference
         from monailabel.endpoints.train import run_model
 
         async def train_model(

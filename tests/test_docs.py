@@ -40,7 +40,7 @@ def _named_paths(text: str, bases: list[Path]) -> set[str]:
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_link_and_path_a_document_names_exists(document):
-    text = document.read_text()
+    text = document.read_text(encoding="utf-8")
     missing = []
     for target in LINK.findall(text):
         if target.startswith(("http://", "https://", "mailto:", "#")):

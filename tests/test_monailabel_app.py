@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import requests
 import torch
 
 from tokenseg.data.demo import ensure_demo_dataset
@@ -138,6 +139,10 @@ def test_bad_requests_get_4xx_and_lose_nothing(studies, demo, tmp_path):
             stray.unlink()
         mask, _ = client.infer("tokenseg", "uploaded", {}, file=str(demo / "imagesTr" / "breast_010.nii.gz"))
         assert_mask_in_image_space(mask, demo / "imagesTr" / "breast_010.nii.gz")  # a real upload is segmented
+        # the image alone, as OHIF asks for it (output=image)
+        answer = requests.post(f"{server.url}/infer/tokenseg", params={"image": CASES[1], "output": "image"},
+                               data={"params": "{}"}, timeout=600)
+        assert answer.status_code == 200 and answer.content[:2] == b"\x1f\x8b", answer.text[:300]  # a .nii.gz mask
 
         assert set(client.datastore()["objects"]) == set(CASES)
         assert {p: sha(p) for p in before} == before
