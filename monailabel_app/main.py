@@ -212,7 +212,9 @@ class TokenSegApp(MONAILabelApp):
         elif isinstance(store, PhaseStackDICOMwebDatastore):
             check_image_id(image)
             store.phases_of(image)  # any phase series of a study with all its phases (404/400 otherwise)
-            path = store.get_image_uri(image)
+            if model != INTERACTIVE_MODEL:
+                return request
+            path = store.get_image_uri(image)  # the stacked phases, whose header the clicks are checked against
         elif image in store.list_images():  # a stored image, whatever characters its name has
             path = store.get_image_uri(image)
         else:
