@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
 import os
 import re
@@ -99,17 +100,21 @@ def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: 
 
 def write_report(report: dict, out: Path) -> None:
     """accuracy.json (for ``python -m benchmarks.cost --accuracy``), accuracy.md and the validation curves
-    (accuracy_val_curves.png: has every model converged in the budget?)."""
+    against steps (accuracy_val_curves.png: has every model converged in the budget?) and against
+    wall-clock seconds (accuracy_val_seconds.png: time to accuracy)."""
+    add_time_to_accuracy(report)
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
     lines = accuracy_table(report)
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
-    curves = {model: {seed: r["val_curve"] for seed, r in m["per_seed"].items() if r.get("val_curve")}
-              for model, m in report["models"].items()}
-    curves = {model: seeds for model, seeds in curves.items() if seeds}
-    if curves:
-        plot(curves, out / "accuracy_val_curves.png", ylabel="validation Dice",
-             title=f"Validation Dice while training\n{report['dataset'].split(':')[0]}, one line per seed")
+    for key, xlabel, name in (("val_curve", "optimisation step", "accuracy_val_curves.png"),
+                              ("val_seconds", "wall-clock seconds of bundle training", "accuracy_val_seconds.png")):
+        curves = {model: {seed: r[key] for seed, r in m["per_seed"].items() if r.get(key)}
+                  for model, m in report["models"].items()}
+        curves = {model: seeds for model, seeds in curves.items() if seeds}
+        if curves:
+            plot(curves, out / name, ylabel="validation Dice", xlabel=xlabel,
+                 title=f"Validation Dice while training\n{report['dataset'].split(':')[0]}, one line per seed")
 
 
 def fresh_bundle(run_dir: Path) -> Path:
@@ -120,10 +125,43 @@ def fresh_bundle(run_dir: Path) -> Path:
     return bundle
 
 
+VALIDATION_LINE = re.compile(r"^(\S+ \S+) - .*Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)", re.MULTILINE)
+
+
+def validation_curves(log: str, start: float, iterations: int) -> tuple[list, list]:
+    """The bundle training log's validations as [[optimisation step, val Dice], ...] and
+    [[wall-clock seconds since ``start`` (a ``time.time()``), val Dice], ...] (the log's time stamps)."""
+    steps, seconds = [], []
+    for stamp, epoch, dice in VALIDATION_LINE.findall(log):
+        when = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        steps.append([int(epoch) * iterations, float(dice)])
+        seconds.append([round(when - start, 1), float(dice)])
+    return steps, seconds
+
+
+def seconds_to_reach(curve: list, target: float) -> float | None:
+    """The first wall-clock second of ``curve`` [[seconds, Dice], ...] at which the Dice reaches ``target``."""
+    return next((seconds for seconds, dice in curve if dice >= target), None)
+
+
+def add_time_to_accuracy(report: dict, reference: str = "unet") -> None:
+    """Per model and seed, the seconds of bundle training until validation Dice first reaches the reference
+    model's best validation Dice (mean over its seeds): ``seconds_to_reference`` (None where never)."""
+    reference_runs = report["models"].get(reference, {}).get("per_seed", {})
+    best = [max(d for _, d in r["val_seconds"]) for r in reference_runs.values() if r.get("val_seconds")]
+    if not best:
+        return
+    report["reference_val_dice"] = {"model": reference, "best_val_dice": round(statistics.fmean(best), 4)}
+    for model in report["models"].values():
+        for run in model["per_seed"].values():
+            if run.get("val_seconds"):
+                run["seconds_to_reference"] = seconds_to_reach(run["val_seconds"], statistics.fmean(best))
+
+
 def train_and_test(model: str, run_dir: Path, args_file: Path, iterations: int) -> dict:
     """One training run and its test evaluation in ``run_dir``: the figures of the test split (of the
-    checkpoint with the best validation Dice, as the bundle saves it) and the validation curve
-    [[optimisation step, val Dice], ...] (``iterations`` steps an epoch)."""
+    checkpoint with the best validation Dice, as the bundle saves it) and the validation curves
+    against optimisation steps (``iterations`` an epoch) and against wall-clock seconds of training."""
     bundle = fresh_bundle(run_dir)
     start = time.time()
     log = bundle_run(bundle, "training", ["train.json"], args_file, run_dir / "train.log")
@@ -137,8 +175,7 @@ def train_and_test(model: str, run_dir: Path, args_file: Path, iterations: int) 
         "test_hd95_mm": metrics["val_hd95"],
         "train_seconds": round(seconds, 1),
     }
-    result["val_curve"] = [[int(epoch) * iterations, float(dice)]
-                           for epoch, dice in re.findall(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)", log)]
+    result["val_curve"], result["val_seconds"] = validation_curves(log, start, iterations)
     hit_rates = re.findall(r"boundary_hit_rate: ([0-9.]+)", log)
     if hit_rates:
         result["boundary_hit_rate_last_epoch"] = float(hit_rates[-1])

@@ -15,32 +15,47 @@ PyTorch's FLOP counter, and prints it with its ratio to the dense ablation
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from benchmarks.measure import forward_gflops
+from benchmarks.measure import forward_gflops, module_gflops
 from tokenseg.networks import TokenSeg
 
-__all__ = ["gflops_with_kept_first_level", "main"]
+__all__ = ["kept_first_level", "gflops_with_kept_first_level", "module_gflops_with_kept_first_level", "main"]
 
 
-def gflops_with_kept_first_level(network: TokenSeg, x: torch.Tensor, kept: int) -> float:
-    """GFLOPs of one forward pass in which ``kept`` of the K kept tokens are first-level cells."""
+@contextlib.contextmanager
+def kept_first_level(network: TokenSeg, batch: int, kept: int) -> Iterator[None]:
+    """While open, ``network`` keeps ``kept`` first-level cells and ``K - kept`` coarser ones (a forward hook
+    puts the top scores there), whatever its scorer says."""
     first_level = network.decoder.cells_per_level[0]
     coarser = network.num_kept_tokens - kept
     if not 0 <= kept <= min(first_level, network.num_kept_tokens) or coarser > network.num_tokens - first_level:
         raise ValueError(f"cannot keep {kept} first-level cells of {first_level} with K = {network.num_kept_tokens}.")
-    scores = torch.full((x.shape[0], network.num_tokens, 1), -10.0)
+    scores = torch.full((batch, network.num_tokens, 1), -10.0)
     scores[:, :kept] = 10.0
     scores[:, first_level : first_level + coarser] = 10.0
     hook = network.tokenizer.scorer.register_forward_hook(lambda _module, _inputs, output: scores.to(output))
     try:
-        return forward_gflops(network, x)
+        yield
     finally:
         hook.remove()
+
+
+def gflops_with_kept_first_level(network: TokenSeg, x: torch.Tensor, kept: int) -> float:
+    """GFLOPs of one forward pass in which ``kept`` of the K kept tokens are first-level cells."""
+    with kept_first_level(network, x.shape[0], kept):
+        return forward_gflops(network, x)
+
+
+def module_gflops_with_kept_first_level(network: TokenSeg, x: torch.Tensor, kept: int) -> dict[str, float]:
+    """``benchmarks.measure.module_gflops`` of one forward pass with ``kept`` first-level cells kept."""
+    with kept_first_level(network, x.shape[0], kept):
+        return module_gflops(network, x)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:

@@ -31,15 +31,51 @@ from benchmarks.models import build_model
 from tokenseg.losses import TokenSegLoss
 from tokenseg.networks import TokenSeg
 
-__all__ = ["forward_gflops", "measure"]
+__all__ = ["TOKENSEG_PARTS", "forward_gflops", "module_gflops", "measure"]
+
+# TokenSeg's submodules -> the part of the cost table they belong to; a part excludes the parts nested in it
+TOKENSEG_PARTS = {
+    "encoder.0": "stem (level 1)",
+    "encoder": "encoder levels 2-L",
+    "tokenizer.codebook": "codebook look-up",
+    "tokenizer": "tokenizer (pooling, projections, scorer)",
+    "mixer": "token mixer",
+    "token_assembly": "token assembly (MTA)",
+    "skip_attention": "skip attention (DCA)",
+    "decoder.kept_cell_step": "kept-cell refinement",
+    "decoder": "decoder (token painting, dense up-steps)",
+    "head": "head",
+}
 
 
 def forward_gflops(network: torch.nn.Module, x: torch.Tensor) -> float:
     """GFLOPs of one forward pass of ``network`` in evaluation mode on ``x`` (PyTorch's FLOP counter)."""
+    return module_gflops(network, x)["total"]
+
+
+def module_gflops(network: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """GFLOPs of one forward pass in evaluation mode on ``x`` by part of a ``TokenSeg`` (``TOKENSEG_PARTS``;
+    what no part holds is ``"other"``), and ``"total"``; for any other network only the total."""
     network.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         network(x)
-    return counter.get_total_flops() / 1e9
+    total = counter.get_total_flops() / 1e9
+    if not isinstance(network, TokenSeg):
+        return {"total": total}
+    # the counter reports every module with its submodules' FLOPs included (a ModuleList, never called, not at all)
+    counts = {name.partition(".")[2]: sum(flops.values()) / 1e9 for name, flops in counter.get_flop_counts().items()}
+
+    def subtree(prefix: str) -> float:
+        keys = [k for k in counts if k == prefix or k.startswith(prefix + ".")]
+        return sum(counts[k] for k in keys if not any(k.startswith(other + ".") for other in keys))
+
+    parts: dict[str, float] = {}
+    for prefix, part in TOKENSEG_PARTS.items():
+        if any(k == prefix or k.startswith(prefix + ".") for k in counts):
+            parts[part] = subtree(prefix) - sum(subtree(p) for p in TOKENSEG_PARTS if p.startswith(prefix + "."))
+    parts["other"] = total - sum(parts.values())
+    parts["total"] = total
+    return parts
 
 
 def _reset_peak_rss() -> None:

@@ -38,6 +38,10 @@ MODELS: dict[str, Builder] = {
     "tokenseg_no_tokens": lambda i, o, s, sp: _without_token_injection(TokenSeg(i, o, img_size=s)),
     "tokenseg_codebook64": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=64),
     "tokenseg_no_vq": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=0),
+    "tokenseg_halo1": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, refinement_halo=1),
+    "tokenseg_large": lambda i, o, s, sp: TokenSeg(
+        i, o, img_size=s, block_type="residual", token_dim=256, codebook_size=4096, refinement_halo=1
+    ),
     "tokenseg_narrow": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, widths=(16, 32, 64, 128)),
     "tokenseg_dca": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, skip_type="dca"),
     "tokenseg_mta": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, token_completion="mta"),
@@ -56,8 +60,8 @@ MODELS: dict[str, Builder] = {
 }
 
 MODEL_SETTINGS: dict[str, str] = {
-    "tokenseg": "TokenSeg defaults: widths 32/64/128/256, 400 candidate tokens on grids of 256/96/32/16 cells, K=100, "
-    "codebook 4096, first level refined in the kept cells only",
+    "tokenseg": "TokenSeg defaults: widths 32/64/128/256, decomposed blocks, 400 candidate tokens of 128 on grids of "
+    "256/96/32/16 cells, K=100, codebook 512, first level refined in the kept cells only (no halo)",
     "tokenseg_dense": "TokenSeg defaults with selection='all' and refinement='dense' (K = N, every cell refined: "
     "the dense ablation)",
     "tokenseg_dense_refinement": "TokenSeg defaults with refinement='dense' (K = 100 tokens, the first level convolved "
@@ -66,8 +70,11 @@ MODEL_SETTINGS: dict[str, str] = {
     "refined through the kept-cell path",
     "tokenseg_random": "TokenSeg defaults with selection='random' (K tokens drawn at random)",
     "tokenseg_no_tokens": "TokenSeg defaults with every token gate fixed at 0 (the token path is computed, unused)",
-    "tokenseg_codebook64": "TokenSeg defaults with a codebook of 64 codes instead of 4096",
+    "tokenseg_codebook64": "TokenSeg defaults with a codebook of 64 codes instead of 512",
     "tokenseg_no_vq": "TokenSeg defaults without quantization (codebook_size=0)",
+    "tokenseg_halo1": "TokenSeg defaults with one position of context read around each kept cell (refinement_halo=1)",
+    "tokenseg_large": "TokenSeg 0.8's default: residual blocks (two 3x3x3 convolutions) and 3x3x3 fuses, "
+    "tokens of 256, codebook 4096, one position of context around each kept cell",
     "tokenseg_narrow": "TokenSeg defaults with the widths of TokenSeg 0.3, 16/32/64/128",
     "tokenseg_dca": "TokenSeg defaults with Dual Cross-Attention on the skips (skip_type='dca')",
     "tokenseg_mta": "TokenSeg defaults with Multi-layer Token Assembly (token_completion='mta')",

@@ -19,7 +19,7 @@ from monai.networks.blocks import Convolution, MLPBlock, SABlock, UnetResBlock
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-__all__ = ["DecomposedConvBlock", "make_block", "EncoderStage", "TokenMixerBlock", "BLOCK_TYPES"]
+__all__ = ["DecomposedConvBlock", "make_block", "make_fuse", "EncoderStage", "TokenMixerBlock", "BLOCK_TYPES"]
 
 BLOCK_TYPES = ("residual", "decomposed")
 
@@ -84,6 +84,17 @@ def make_block(
     if block_type == "decomposed":
         return DecomposedConvBlock(channels, norm_name=norm_name, act_name=act_name, dropout=dropout)
     raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}.")
+
+
+def make_fuse(
+    block_type: str, channels: int, norm_name: str | tuple, act_name: str | tuple, dropout: float
+) -> nn.Module:
+    """The decoder's shape-preserving convolution after a skip is added, in the family of ``block_type``:
+    one 3x3x3 convolution with norm and activation (``"residual"``) or one ``DecomposedConvBlock``
+    (``"decomposed"``, 6x fewer multiply-adds at 32 channels, 12x at 64)."""
+    if block_type == "residual":
+        return Convolution(3, channels, channels, kernel_size=3, norm=norm_name, act=act_name, dropout=dropout)
+    return make_block(block_type, channels, norm_name, act_name, dropout)
 
 
 class EncoderStage(nn.Sequential):

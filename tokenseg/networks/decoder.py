@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from typing import List, Optional
 
 import torch
-from monai.networks.blocks import Convolution
 from torch import nn
 
+from tokenseg.networks.blocks import make_fuse
 from tokenseg.networks.cells import expand_cells
 from tokenseg.networks.refinement import KeptCellUpBlock
 
@@ -39,7 +39,8 @@ class AddSkipUpBlock(nn.Module):
     """One decoder step: (B, C_in, D, H, W) and skip (B, C_out, 2D, 2H, 2W) -> (B, C_out, 2D, 2H, 2W).
 
     A 2x2x2 transposed convolution to the skip's width, the skip added (not
-    concatenated), then one 3x3x3 convolution, norm and activation. Adding
+    concatenated), then the fuse of ``block_type`` (``make_fuse``: one 3x3x3
+    convolution, norm and activation, or a decomposed block). Adding
     instead of MONAI's ``UnetUpBlock`` (concatenate, then two convolutions
     on 2 C_out channels) costs a third of the multiply-adds at the finest,
     most expensive level (measured at 96^3: 10.9 instead of 16.2 GFLOPs for the network).
@@ -49,6 +50,7 @@ class AddSkipUpBlock(nn.Module):
         out_channels: channels of the skip and of the output.
         norm_name, act_name: MONAI norm and activation names.
         dropout: dropout rate after the convolution.
+        block_type: ``"residual"`` or ``"decomposed"`` (``tokenseg.networks.blocks.BLOCK_TYPES``).
     """
 
     def __init__(
@@ -58,10 +60,11 @@ class AddSkipUpBlock(nn.Module):
         norm_name: str | tuple = "instance",
         act_name: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         dropout: float = 0.0,
+        block_type: str = "residual",
     ) -> None:
         super().__init__()
         self.upsample = nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2)
-        self.fuse = Convolution(3, out_channels, out_channels, kernel_size=3, norm=norm_name, act=act_name, dropout=dropout)
+        self.fuse = make_fuse(block_type, out_channels, norm_name, act_name, dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.fuse(self.upsample(x) + skip)
@@ -103,8 +106,10 @@ class SparseToDenseDecoder(nn.Module):
     norm_name, act_name: MONAI norm and activation names.
     dropout: dropout rate in the upsampling blocks.
     refinement: ``"kept"`` or ``"dense"`` (see the module docstring).
-    first_level_depth, block_type: the first level's encoder blocks, which
-        ``"kept"`` refinement runs here, in the kept cells.
+    first_level_depth: the first level's encoder blocks, which ``"kept"``
+        refinement runs here, in the kept cells.
+    block_type: the family of those blocks and of every step's fuse (``make_fuse``).
+    halo: context positions read around each kept cell (``KeptCellUpBlock``).
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class SparseToDenseDecoder(nn.Module):
         refinement: str = "kept",
         first_level_depth: int = 1,
         block_type: str = "residual",
+        halo: int = 1,
     ) -> None:
         super().__init__()
         if refinement not in REFINEMENT_MODES:
@@ -126,14 +132,14 @@ class SparseToDenseDecoder(nn.Module):
         self.injections = nn.ModuleList(TokenInjection(token_dim, c, g) for c, g in zip(level_channels, grids))
         dense_steps = range(len(level_channels) - 1) if refinement == "dense" else range(1, len(level_channels) - 1)
         self.up_blocks = nn.ModuleList(
-            AddSkipUpBlock(level_channels[i + 1], level_channels[i], norm_name, act_name, dropout)
+            AddSkipUpBlock(level_channels[i + 1], level_channels[i], norm_name, act_name, dropout, block_type)
             for i in reversed(dense_steps)
         )
         self.kept_cell_step: Optional[KeptCellUpBlock] = None
         if refinement == "kept":
             self.kept_cell_step = KeptCellUpBlock(
                 level_channels[1], level_channels[0], grids[0], first_level_depth, block_type, norm_name, act_name,
-                dropout,
+                dropout, halo,
             )
 
     def forward(

@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from typing import List, Tuple
 
 import torch
-from monai.networks.blocks import Convolution
 from torch import nn
 
-from tokenseg.networks.blocks import make_block
+from tokenseg.networks.blocks import make_block, make_fuse
 
 __all__ = ["kept_cells", "gather_cells", "paste_cells", "KeptCellUpBlock"]
 
@@ -107,8 +106,8 @@ class KeptCellUpBlock(nn.Module):
 
     - everywhere: ``coarse = upsample(x) + tokens``, no convolution;
     - in kept cells: ``fuse(coarse + blocks(stem))``, the first level's
-      encoder blocks and the decoder's 3x3x3 convolution of a dense
-      ``AddSkipUpBlock`` step, run on those cells (with ``halo``) alone.
+      encoder blocks and the fuse of a dense ``AddSkipUpBlock`` step, run
+      on those cells (with ``halo``) alone.
 
     The stem's output reaches the head only through the kept cells' blocks:
     added everywhere (TokenSeg 0.5), it was a shallow path from a single
@@ -147,7 +146,7 @@ class KeptCellUpBlock(nn.Module):
         self.blocks = nn.Sequential(
             *(make_block(block_type, out_channels, norm_name, act_name, dropout) for _ in range(depth))
         )
-        self.fuse = Convolution(3, out_channels, out_channels, kernel_size=3, norm=norm_name, act=act_name, dropout=dropout)
+        self.fuse = make_fuse(block_type, out_channels, norm_name, act_name, dropout)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, stem: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         coarse = self.upsample(x) + tokens

@@ -87,7 +87,12 @@ class TokenSeg(nn.Module):
             of its FLOPs at 96^3 but needs more steps and at times fails to fit
             at all (docs/benchmarks.md, "Learning small targets").
         depths: blocks per level after the strided convolution (int or per level).
-        block_type: ``"residual"`` (MONAI UnetResBlock) or ``"decomposed"`` (DCFormer).
+        block_type: the family of the encoder's blocks, the kept-cell
+            refinement's and the decoder's fuses: ``"decomposed"`` (DCFormer:
+            three depthwise 1-D convolutions and a pointwise MLP, 6-13x fewer
+            multiply-adds than a 3x3x3 convolution at 32-256 channels) or
+            ``"residual"`` (MONAI's UnetResBlock, 3x3x3 fuses: TokenSeg 0.8,
+            4.3x UNet's FLOPs as trained; ``docs/benchmarks.md``, "Cost").
         tokens_per_level: requested cells (candidate tokens) per level, finest
             first; a level gets at most as many as it has positions. The
             default (256, 96, 32, 16) puts 400 candidates on four distinct
@@ -98,8 +103,9 @@ class TokenSeg(nn.Module):
             Each count factors into a grid at 96^3, 160^3, 64x64x32 and
             64x64x16 alike, so N = 400 at all of them.
         num_kept_tokens: K, tokens kept after scoring.
-        token_dim: token width E.
-        codebook_size: VQ codebook entries M; 0 turns quantization off (an ablation).
+        token_dim: token width E (128: the mixer's cost falls 4x from 256's).
+        codebook_size: VQ codebook entries M (512; 4096 cost 0.84 GFLOPs of
+            distances a window and fitted no better); 0 turns quantization off (an ablation).
         commitment_beta: VQ commitment weight.
         ema_decay: VQ codebook EMA decay.
         selection: one of ``SELECTION_MODES``: ``"soft_topk"`` (Gumbel, straight-through),
@@ -109,6 +115,12 @@ class TokenSeg(nn.Module):
             first-level cells (its encoder blocks run there, in the decoder;
             the coarser levels read the stem's output); ``"dense"``,
             everywhere (TokenSeg 0.4).
+        refinement_halo: context positions read around each kept first-level
+            cell by ``"kept"`` refinement (``KeptCellUpBlock``); each halo
+            position is paid for in every kept cell (a 4^3 cell with a halo of
+            1 is a 6^3 crop: 3.4x its work), so the default reads none and each
+            kept cell is refined from its own positions, its context coming
+            from the dense coarser path added to it.
         skip_type: ``"plain"`` (the encoder's features are the decoder's
             skips) or ``"dca"``: Dual Cross-Attention over the skip levels
             (``DualCrossAttention``, Ates et al. 2023).
@@ -149,15 +161,16 @@ class TokenSeg(nn.Module):
         img_size: Sequence[int] | int = (96, 96, 96),
         widths: Sequence[int] = (32, 64, 128, 256),
         depths: Sequence[int] | int = 1,
-        block_type: str = "residual",
+        block_type: str = "decomposed",
         tokens_per_level: Sequence[int] | int = (256, 96, 32, 16),
         num_kept_tokens: int = 100,
-        token_dim: int = 256,
-        codebook_size: int = 4096,
+        token_dim: int = 128,
+        codebook_size: int = 512,
         commitment_beta: float = 0.25,
         ema_decay: float = 0.99,
         selection: str = "soft_topk",
         refinement: str = "kept",
+        refinement_halo: int = 0,
         skip_type: str = "plain",
         token_completion: str = "none",
         gumbel_tau: float = 1.0,
@@ -233,7 +246,8 @@ class TokenSeg(nn.Module):
         if skip_type == "dca":
             self.skip_attention = DualCrossAttention(widths[:-1], norm_name, act_name)
         self.decoder = SparseToDenseDecoder(
-            widths, self.grids, token_dim, norm_name, act_name, dropout, refinement, depths[0], block_type
+            widths, self.grids, token_dim, norm_name, act_name, dropout, refinement, depths[0], block_type,
+            refinement_halo,
         )
         # Like MONAI's UNet, the only full-resolution layer makes the logits: a
         # C-channel full-resolution feature map would cost more time and
