@@ -126,9 +126,13 @@ def measure(
     repeats: int = 3,
     device: str | None = None,
     volume: Sequence[int] | None = None,
+    amp: bool = False,
 ) -> dict:
-    """Figures of one model at one input size, for ``mode`` ``"infer"``, ``"train"`` or ``"sliding"`` (batch 1)."""
+    """Figures of one model at one input size, for ``mode`` ``"infer"``, ``"train"`` or ``"sliding"`` (batch 1);
+    with ``amp``, under autocast (float16 and a gradient scaler on CUDA, bfloat16 on the CPU), as the bundle trains."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast = torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16, enabled=amp)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp and dev.type == "cuda")
     torch.manual_seed(0)
     model = build_model(model_name, in_channels, out_channels, size).to(dev)
     x = torch.randn(1, in_channels, *size, device=dev)
@@ -139,12 +143,13 @@ def measure(
         "mode": mode,
         "device": str(dev),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "amp": amp,
     }
     if mode == "infer":
         result["gflops_forward"] = forward_gflops(model, x)
 
         def step() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 model(x)
 
     elif mode == "train":
@@ -156,8 +161,11 @@ def measure(
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss_function(model(x), label).backward()
-            optimizer.step()
+            with autocast:
+                loss = loss_function(model(x), label)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
     elif mode == "sliding":
         if volume is None:
@@ -167,7 +175,7 @@ def measure(
         result["volume"] = list(volume)
 
         def step() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 sliding_window_inference(whole, size, 1, model, overlap=0.25)
 
         # A whole volume is many windows (a minute or more for the big models):

@@ -1,5 +1,6 @@
 """Smoke test of the benchmark command: tiny sizes, two models, every field sane."""
 
+import datetime
 import json
 
 import pytest
@@ -93,21 +94,38 @@ def test_profile_times_every_part_of_tokenseg():
 
 
 def test_accuracy_over_seeds_reports_mean_and_spread(tmp_path):
-    from benchmarks.accuracy import summarise, write_report
+    from benchmarks.accuracy import summarise, validation_curves, write_report
     from benchmarks.tables import accuracy_table
 
     per_seed = {str(s): {"test_dice": d, "test_iou": d - 0.1, "test_hd95_mm": 2.0, "train_seconds": 10.0,
-                         "val_curve": [[60, d - 0.2], [120, d - 0.1]]}
-                for s, d in enumerate([0.80, 0.84, 0.88])}
+                         "val_curve": [[60, d - 0.2], [120, d - 0.1]], "val_seconds": [[5.0, d - 0.2], [9.0, d - 0.1]]}
+                for s, d in enumerate([0.80, 0.83, 0.89])}
     result = summarise(per_seed)
-    assert result["test_dice"] == pytest.approx(0.84) and result["test_dice_sd"] == pytest.approx(0.04)
+    assert result["test_dice"] == pytest.approx(0.84) and result["test_dice_sd"] == pytest.approx(0.0458, abs=1e-4)
     assert result["per_seed"] == per_seed and "val_curve" not in result  # curves stay per seed
+    # a model that reaches UNet's best validation Dice (0.74 on average) sooner in two seeds, never in one
+    faster = {str(s): {**per_seed[str(s)], "test_dice": per_seed[str(s)]["test_dice"] + 0.02,
+                       "val_seconds": [[2.0, top - 0.1], [4.0, top]]} for s, top in enumerate([0.70, 0.75, 0.76])}
     report = {"dataset": "small", "patch_size": [64, 64, 16], "epochs": 25, "seeds": [0, 1, 2],
-              "optimisation_steps": 150, "patches_per_step": 4, "models": {"unet": result}}
-    table = accuracy_table(report)
-    assert "3 seed(s)" in table[0] and "| unet | 0.840 ± 0.040 |" in table[-1]
+              "optimisation_steps": 150, "patches_per_step": 4,
+              "models": {"unet": result, "tokenseg": summarise(faster)}}
     write_report(report, tmp_path)
+    assert report["reference_val_dice"] == {"model": "unet", "best_val_dice": pytest.approx(0.74)}
+    assert [r["seconds_to_reference"] for r in report["models"]["tokenseg"]["per_seed"].values()] == [None, 4.0, 4.0]
+    assert [r["seconds_to_reference"] for r in report["models"]["unet"]["per_seed"].values()] == [None, None, 9.0]
+    table = accuracy_table(report)
+    assert "3 seed(s)" in table[0] and any(line.startswith("| unet | 0.840 ± 0.046 |") for line in table)
+    assert any(line.startswith("| tokenseg | 0.860 ± 0.046 |") and "| -, 4, 4 |" in line for line in table)
+    assert "| tokenseg | +0.020, +0.020, +0.020 | +0.020 |" in table
     assert (tmp_path / "accuracy_val_curves.png").stat().st_size > 0
+    assert (tmp_path / "accuracy_val_seconds.png").stat().st_size > 0
+    # the curves come from the bundle log's validation lines and their time stamps
+    start = datetime.datetime(2026, 1, 1, 10, 0, 0).timestamp()
+    log = ("2026-01-01 10:00:30,500 - ignite.engine.engine.SupervisedEvaluator - INFO - Epoch[5] Metrics -- "
+           "val_mean_dice: 0.5000 val_mean_iou: 0.4000\n"
+           "2026-01-01 10:01:00,000 - ignite.engine.engine.SupervisedEvaluator - INFO - Epoch[10] Metrics -- "
+           "val_mean_dice: 0.7000 val_mean_iou: 0.6000\n")
+    assert validation_curves(log, start, iterations=6) == ([[30, 0.5], [60, 0.7]], [[30.5, 0.5], [60.0, 0.7]])
 
 
 def test_resenc_m_is_planned_like_nnunet_for_thick_slices():

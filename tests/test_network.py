@@ -314,3 +314,20 @@ def test_cuda_check_script_says_it_skipped_on_the_cpu():
     script = Path(__file__).resolve().parents[1] / "tools" / "check_cuda.py"
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("skipped: no CUDA device"), proc.stderr
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_axis_depthwise_conv_is_a_depthwise_3d_convolution(axis):
+    # the reshaped 2-D computation gives what a depthwise 3-D convolution with a 1-D kernel along the axis gives
+    from tokenseg.networks.blocks import AxisDepthwiseConv
+
+    torch.manual_seed(0)
+    conv = AxisDepthwiseConv(4, 7, axis)
+    x = torch.randn(2, 4, 5, 6, 3)
+    kernel = [1, 1, 1]
+    kernel[axis] = 7
+    padding = [0, 0, 0]
+    padding[axis] = 3
+    weight = conv.conv.weight.view(4, 1, *kernel)
+    expected = torch.nn.functional.conv3d(x, weight, conv.conv.bias, padding=padding, groups=4)
+    torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
