@@ -217,6 +217,7 @@ def main() -> None:
     iterations = -(-training_cases // train_config["batch_size"])  # the last batch may be short
     report = {
         "dataset": f"{description} ({training_cases} training cases)",
+        "dataset_name": args.dataset,
         "patch_size": DATASETS[args.dataset][1].get("patch_size", train_config["patch_size"]),
         "epochs": args.epochs,
         "seeds": args.seeds,

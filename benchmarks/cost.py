@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks.models import ABLATIONS, MODEL_SETTINGS, MODELS
+from benchmarks.pareto import pareto_front
 from benchmarks.tables import accuracy_table
 
 logger = logging.getLogger("benchmarks")
@@ -181,13 +182,6 @@ def markdown(report: dict) -> str:
     lines += ["", "Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in report["targets"]]
     return "\n".join(lines) + "\n"
-
-
-def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
-    """Names of the (memory, dice) points no other point beats on both (less memory and higher Dice), by memory."""
-    front = [name for name, (mem, dice) in points.items()
-             if not any(m <= mem and d >= dice and (m, d) != (mem, dice) for m, d in points.values())]
-    return sorted(front, key=lambda name: points[name][0])
 
 
 def plots(report: dict, out: Path, accuracy: dict | None) -> list[str]:

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from benchmarks.cost import main, pareto_front
+from benchmarks.cost import main
 from benchmarks.models import build_model
+from benchmarks.pareto import pareto_front
 from benchmarks.profile import profile_modules
 
 

@@ -19,7 +19,9 @@ from monai.networks.blocks import Convolution, MLPBlock, SABlock, UnetResBlock
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-__all__ = ["AxisDepthwiseConv", "DecomposedConvBlock", "make_block", "make_fuse", "EncoderStage", "TokenMixerBlock", "BLOCK_TYPES"]
+__all__ = [
+    "AxisDepthwiseConv", "DecomposedConvBlock", "make_block", "make_fuse", "EncoderStage", "TokenMixerBlock", "BLOCK_TYPES"
+]
 
 BLOCK_TYPES = ("residual", "decomposed")
 
