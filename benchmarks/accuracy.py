@@ -83,10 +83,11 @@ def overrides(model: str, bundle: Path, dataset: str, dataset_dir: str, epochs: 
             "num_workers": 0, "seed": seed, **DATASETS[dataset][1]}
     if model == "tokenseg":
         return args  # the bundle as shipped
-    network = f"$benchmarks.models.build_model('{model}', {network_inputs}, @out_channels, @patch_size, @pixdim)"
+    network = f"$build_model('{model}', {network_inputs}, @out_channels, @patch_size, @pixdim)"
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundle" / "configs" / "train.json"))  # the imports and handlers every copy starts from
-    args["imports"] = [*parser["imports"], "$import benchmarks.models"]
+    # a config's "$import a.b" binds the name "a.b", which no expression can use: import the function itself
+    args["imports"] = [*parser["imports"], "$from benchmarks.models import build_model"]
     if model.startswith("tokenseg"):  # a TokenSeg variant: the bundle's own loss (on the variant's grids) and diagnostics
         return {**args, "network_def": network, "loss#grids": "$@network_def.grids"}
     handlers = [h for h in parser["train"]["handlers"] if h["_target_"] != "tokenseg.handlers.TokenSegDiagnostics"]

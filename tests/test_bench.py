@@ -142,3 +142,18 @@ def test_resenc_m_is_planned_like_nnunet_for_thick_slices():
     network = build_model("resenc_m", 1, 2, (32, 32, 16), spacing=(0.8, 0.8, 5.0)).eval()
     with torch.no_grad():
         assert network(torch.randn(1, 1, 32, 32, 16)).shape == (1, 2, 32, 32, 16)
+
+
+def test_accuracy_overrides_build_each_baseline_through_the_bundle_config(tmp_path):
+    # the overrides a baseline's bundle run gets resolve, in MONAI's config parser, to that network and DiceCE
+    from monai.bundle import ConfigParser
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    from benchmarks.accuracy import REPO, overrides
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle" / "configs" / "train.json"))
+    parser.update(overrides("unet", tmp_path, "small_targets", str(tmp_path), 1, 1, 0))
+    assert isinstance(parser.get_parsed_content("network_def"), UNet)
+    assert isinstance(parser.get_parsed_content("loss"), DiceCELoss)
