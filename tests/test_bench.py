@@ -157,3 +157,24 @@ def test_accuracy_overrides_build_each_baseline_through_the_bundle_config(tmp_pa
     parser.update(overrides("unet", tmp_path, "small_targets", str(tmp_path), 1, 1, 0))
     assert isinstance(parser.get_parsed_content("network_def"), UNet)
     assert isinstance(parser.get_parsed_content("loss"), DiceCELoss)
+
+
+def test_pareto_plot_of_dice_against_window_gflops(tmp_path, monkeypatch):
+    import sys
+
+    from benchmarks import pareto
+
+    report = {"dataset": "TokenSeg small targets: ...", "dataset_name": "small_targets", "patch_size": [32, 32, 16],
+              "optimisation_steps": 10, "models": {"tokenseg": {"test_dice": 0.5}, "unet": {"test_dice": 0.4}}}
+    (tmp_path / "accuracy.json").write_text(json.dumps(report))
+    out = tmp_path / "pareto.png"
+    monkeypatch.setattr(sys, "argv", ["pareto", str(tmp_path / "accuracy.json"), "--out", str(out)])
+    pareto.main()
+    table = out.with_suffix(".md").read_text()
+    tokenseg_gflops = pareto.window_gflops("tokenseg", 1, [32, 32, 16])
+    unet_gflops = pareto.window_gflops("unet", 1, [32, 32, 16])
+    assert f"| tokenseg | 0.500 | {tokenseg_gflops:.2f} |" in table and f"| unet | 0.400 | {unet_gflops:.2f} |" in table
+    # the front: TokenSeg is on it (higher Dice); UNet only if it is cheaper
+    front = table.splitlines()[-1]
+    assert "tokenseg" in front and ("unet" in front) == (unet_gflops < tokenseg_gflops)
+    assert out.stat().st_size > 0
