@@ -178,3 +178,24 @@ def test_pareto_plot_of_dice_against_window_gflops(tmp_path, monkeypatch):
     front = table.splitlines()[-1]
     assert "tokenseg" in front and ("unet" in front) == (unet_gflops < tokenseg_gflops)
     assert out.stat().st_size > 0
+
+
+def test_cost_model_of_the_shipped_model_on_the_demo_test_windows(tmp_path):
+    # benchmarks.kept_compute on the shipped checkpoint: per-part FLOPs add up, the kept tokens are K per window,
+    # and as trained the model does at most UNet's work per window, at the demo patch and at 96^3
+    from benchmarks.kept_compute import cost_table, trained_cost
+    from bundle_helpers import copy_bundle
+    from tokenseg.data.demo import ensure_demo_dataset
+
+    bundle = copy_bundle(tmp_path / "bundle", with_models=True)
+    ensure_demo_dataset(bundle / "data" / "demo")
+    report = trained_cost(bundle, "test")
+    assert report["cases"] == 4 and report["windows"] == len(report["per_window"]) > 0
+    for key in ("gflops_by_part", "large_gflops_by_part"):
+        parts = report[key]
+        assert sum(v for k, v in parts.items() if k != "total") == pytest.approx(parts["total"], rel=1e-6)
+        assert parts["other"] == pytest.approx(0.0, abs=1e-6)  # every FLOP belongs to a named part
+    assert sum(report["kept_per_level"]) == pytest.approx(100)
+    assert report["gflops_by_part"]["total"] <= report["unet_gflops"]
+    assert report["large_gflops_by_part"]["total"] <= report["large_unet_gflops"]
+    assert any(line.startswith("| TokenSeg / UNet |") for line in cost_table([report]))
