@@ -162,6 +162,7 @@ def plot(reports: list[dict], path: Path) -> None:
         axis.scatter(names, [r[unet_key] for r in reports], marker="_", s=2000, color="black", label="MONAI UNet",
                      zorder=3)
         axis.set(ylabel="GFLOPs per window", title=title)
+        axis.tick_params(axis="x", labelsize=7, labelrotation=15)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
