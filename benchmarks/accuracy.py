@@ -187,7 +187,8 @@ def summarise(per_seed: dict[str, dict]) -> dict:
     """Mean (and standard deviation over seeds, ``<name>_sd``) of every figure, with the seeds' own figures."""
     summary: dict = {"per_seed": per_seed}
     for name, first in next(iter(per_seed.values())).items():
-        if isinstance(first, list):  # a curve: each seed's stays in per_seed
+        # curves, and the seconds to the reference Dice (None where never reached), stay per seed
+        if isinstance(first, list) or name == "seconds_to_reference":
             continue
         values = [r[name] for r in per_seed.values() if name in r]
         summary[name] = round(statistics.fmean(values), 4)
