@@ -185,6 +185,7 @@ def train_and_test(model: str, run_dir: Path, args_file: Path, iterations: int) 
 
 def summarise(per_seed: dict[str, dict]) -> dict:
     """Mean (and standard deviation over seeds, ``<name>_sd``) of every figure, with the seeds' own figures."""
+    per_seed = dict(sorted(per_seed.items(), key=lambda item: int(item[0])))  # seed order, whatever order they ran in
     summary: dict = {"per_seed": per_seed}
     for name, first in next(iter(per_seed.values())).items():
         # curves, and the seconds to the reference Dice (None where never reached), stay per seed
