@@ -4,8 +4,9 @@
         [--bench runs/bench/bench.json] --out docs/bench/pareto_small_targets.png
 
 Each accuracy JSON (``benchmarks/accuracy.py``) gives every model's mean
-test Dice on one dataset at one budget; models from several files are
-plotted together, each labelled with its file's budget. The x axis is the
+test Dice on one dataset at one budget; models from several files (of one
+dataset) are plotted together, a model named in several taken from the first,
+each labelled with its file's budget when the budgets differ. The x axis is the
 GFLOPs of one forward pass at the file's patch with the dataset's input
 channels (PyTorch's FLOP counter); a TokenSeg model is counted with all
 K = 100 kept tokens on the first level, its most expensive case (trained, it
@@ -57,12 +58,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the plot (PNG); a .md table is written beside it")
     args = parser.parse_args()
     bench = json.loads(args.bench.read_text())["results"] if args.bench else []
-    points, memory, rows = {}, {}, []
-    for path in args.accuracy:
-        report = json.loads(path.read_text())
+    reports = [json.loads(path.read_text()) for path in args.accuracy]
+    budgets = {r["optimisation_steps"] for r in reports}
+    points, memory, rows, seen = {}, {}, [], set()
+    for report in reports:
         channels = DATASET_CHANNELS[report["dataset_name"]]
         for model, result in report["models"].items():
-            name = f"{model} ({report['optimisation_steps']} steps)" if len(args.accuracy) > 1 else model
+            if model in seen:
+                continue
+            seen.add(model)
+            name = f"{model} ({report['optimisation_steps']} steps)" if len(budgets) > 1 else model
             gflops = window_gflops(model, channels, report["patch_size"])
             points[name] = (gflops, result["test_dice"])
             train = next((r for r in bench if r["model"] == model and r["mode"] == "train"
@@ -91,7 +96,7 @@ def main() -> None:
         axis.set(xlabel=xlabel, ylabel="test Dice (mean over seeds)", xscale="log")
         axis.grid(alpha=0.3, which="both")
         axis.legend(loc="lower right")
-    figure.suptitle(", ".join(json.loads(p.read_text())["dataset"].split(":")[0] for p in args.accuracy))
+    figure.suptitle(reports[0]["dataset"].split(":")[0])
     figure.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=110)
