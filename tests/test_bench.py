@@ -186,8 +186,9 @@ def test_cost_model_of_the_shipped_model_on_the_demo_test_windows(tmp_path):
     # benchmarks.kept_compute on the shipped checkpoint: per-part FLOPs add up, the kept tokens are K per window,
     # and as trained the model does at most UNet's work per window, at the demo patch and at 96^3
     from benchmarks.kept_compute import cost_table, trained_cost
-    from bundle_helpers import copy_bundle
     from tokenseg.data.demo import ensure_demo_dataset
+
+    from bundle_helpers import copy_bundle
 
     bundle = copy_bundle(tmp_path / "bundle", with_models=True)
     ensure_demo_dataset(bundle / "data" / "demo")
