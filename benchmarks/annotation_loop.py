@@ -53,6 +53,7 @@ MODEL = "tokenseg"
 STRATEGIES = {
     "random": (None, None),
     "tokenseg_uncertainty": ("tokenseg_uncertainty", "tokenseg_uncertainty_ts"),
+    "tokenseg_uncertain_volume": ("tokenseg_uncertain_volume", "tokenseg_uncertain_volume_ts"),
     "tokenseg_epistemic": ("tokenseg_epistemic", "epistemic_ts"),
 }
 FULL_POOL = "full_pool"

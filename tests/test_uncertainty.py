@@ -1,11 +1,11 @@
-"""The kept-cell mask and the boundary-token entropy used for active learning."""
+"""The kept-cell mask and the scores used for active learning: boundary-token entropy, uncertain volume."""
 
 import math
 
 import torch
 
 from tokenseg.boundary import token_boundary_targets
-from tokenseg.uncertainty import boundary_token_entropy, kept_cell_mask
+from tokenseg.uncertainty import boundary_token_entropy, kept_cell_mask, uncertain_volume
 
 from conftest import tiny_tokenseg
 
@@ -47,3 +47,20 @@ def test_entropy_leaves_the_network_in_its_mode():
         boundary_token_entropy(net, image, (32, 32, 32))
         assert net.training is training
         assert all(module.training is training for module in net.modules())
+
+
+def test_uncertain_volume_counts_the_voxels_torn_between_background_and_label():
+    net = tiny_tokenseg()
+    image = torch.randn(1, 1, 40, 48, 36)
+    head = net.head.conv  # the last layer: its bias alone sets the foreground probability of every voxel
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, math.log(0.5 / 0.5)]))  # foreground 0.5 everywhere: all torn
+        assert uncertain_volume(net, image, (32, 32, 32)) == 1.0
+        head.bias.copy_(torch.tensor([0.0, math.log(0.05 / 0.95)]))  # foreground 0.05: sure it is background
+        assert uncertain_volume(net, image, (32, 32, 32)) == 0.0
+        head.bias.copy_(torch.tensor([0.0, math.log(0.95 / 0.05)]))  # foreground 0.95: sure it is lesion
+        assert uncertain_volume(net, image, (32, 32, 32)) == 0.0
+    trained = tiny_tokenseg().train()
+    share = uncertain_volume(trained, image, (32, 32, 32))
+    assert 0.0 <= share <= 1.0 and trained.training  # a share, and the caller's mode kept

@@ -1,10 +1,17 @@
-"""How unsure TokenSeg is of an image, from what it already computes.
+"""How unsure TokenSeg is of an image: the scores behind the app's active-learning strategies.
 
-The score is the mean softmax entropy of the prediction inside the cells of
-the kept tokens. TokenSeg keeps the tokens it scores as boundary cells; the
-entropy there measures how ambiguous it finds those boundaries, which is what
-an annotator would have to correct. The entropy of the whole volume would be
-dominated by the large, confidently classified background instead.
+``boundary_token_entropy``: the mean softmax entropy of the prediction inside
+the cells of the kept tokens. TokenSeg keeps the tokens it scores as boundary
+cells; the entropy there measures how ambiguous it finds those boundaries,
+which is what an annotator would have to correct. The entropy of the whole
+volume would be dominated by the large, confidently classified background.
+
+``uncertain_volume``: the share of the image's voxels where the model is torn
+between background and a label (foreground probability between ``low`` and
+``1 - low``). A sum, not a mean: it grows with the number and size of the
+lesions the model half-sees, so an image the model is sure is empty scores
+nothing however unsure its boundaries, and a small unsure lesion is not
+diluted by a large image.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from monai.inferers import sliding_window_inference
 from tokenseg.networks import TokenSeg
 from tokenseg.networks.cells import expand_cells
 
-__all__ = ["kept_cell_mask", "boundary_token_entropy"]
+__all__ = ["kept_cell_mask", "boundary_token_entropy", "uncertain_volume"]
 
 
 def kept_cell_mask(network: TokenSeg, keep_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -48,10 +55,30 @@ def boundary_token_entropy(
         totals[1] += mask.sum()
         return logits
 
+    _sliding_window_in_eval(network, image, roi_size, sw_batch_size, predictor, overlap)
+    return (totals[0] / totals[1].clamp_min(1)).item()
+
+
+@torch.no_grad()
+def uncertain_volume(
+    network: TokenSeg, image: torch.Tensor, roi_size: Sequence[int], sw_batch_size: int = 4, overlap: float = 0.25,
+    low: float = 0.1,
+) -> float:
+    """Share of the voxels of ``image`` (1, C, ...) whose foreground probability (1 - background's) lies in
+    [``low``, 1 - ``low``], over a sliding-window pass."""
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        return network(window).float().softmax(dim=1)
+
+    probabilities = _sliding_window_in_eval(network, image, roi_size, sw_batch_size, predictor, overlap)
+    foreground = 1.0 - probabilities[:, 0]
+    return ((foreground >= low) & (foreground <= 1.0 - low)).float().mean().item()
+
+
+def _sliding_window_in_eval(network, image, roi_size, sw_batch_size, predictor, overlap) -> torch.Tensor:
     was_training = network.training
     network.eval()
     try:
-        sliding_window_inference(image, roi_size, sw_batch_size, predictor, overlap=overlap)
+        return sliding_window_inference(image, roi_size, sw_batch_size, predictor, overlap=overlap)
     finally:
         network.train(was_training)  # the caller's network, as it was
-    return (totals[0] / totals[1].clamp_min(1)).item()

@@ -12,7 +12,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.utils.others.generic import strtobool
 
-from lib.activelearning.boundary_entropy import SCORE_KEY, BoundaryTokenEntropyScoring
+from lib.activelearning.uncertainty import SCORES, TokenSegScoring
 from lib.activelearning.epistemic import DropoutEpistemicScoring
 from lib.infers.tokenseg import TokenSegInfer
 from lib.task import AppTask
@@ -47,15 +47,14 @@ class TokenSeg(TaskConfig):
         return TokenSegTrainTask(self.bundle_path, self.conf, self.train_defaults, self.task.pretrained_path)
 
     def strategy(self) -> dict[str, Strategy]:
-        strategies = {
-            SCORE_KEY: Epistemic(k=1, key=SCORE_KEY, desc="Unlabelled image whose boundaries TokenSeg is least sure of")
-        }
+        # MONAI Label's Epistemic strategy serves the unlabelled image of highest score under its key
+        strategies = {key: Epistemic(k=1, key=key, desc=description) for key, (description, _) in SCORES.items()}
         if self.epistemic:
             strategies[f"{self.name}_epistemic"] = Epistemic()
         return strategies
 
     def scoring_method(self) -> dict[str, ScoringMethod]:
-        methods = {SCORE_KEY: BoundaryTokenEntropyScoring(self.bundle_path, self.train_defaults["device"])}
+        methods = {key: TokenSegScoring(self.bundle_path, key, self.train_defaults["device"]) for key in SCORES}
         if self.epistemic:
             methods[f"{self.name}_epistemic"] = DropoutEpistemicScoring(
                 self.bundle_path, self.conf, simulation_size=self.epistemic_samples
