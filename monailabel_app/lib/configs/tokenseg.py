@@ -12,8 +12,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.utils.others.generic import strtobool
 
-from lib.activelearning.uncertainty import SCORES, TokenSegScoring
 from lib.activelearning.epistemic import DropoutEpistemicScoring
+from lib.activelearning.uncertainty import SCORES, TokenSegScoring
 from lib.infers.tokenseg import TokenSegInfer
 from lib.task import AppTask
 from lib.trainers.tokenseg import TokenSegTrainTask
