@@ -20,9 +20,9 @@ the rounds' steps in one training) gives the Dice each curve is measured against
 written to ``<out>/rounds.jsonl`` as it ends; a finished (strategy, seed) run
 is not repeated when the command runs again. The report (``report.md``,
 ``report.json``, ``dice_vs_labels.png``): Dice against labels (mean and 95%
-interval over seeds), labels to reach 95% of the full-pool Dice, area under
-each curve with paired differences against random, and the seconds of a
-round (scoring, retraining).
+interval over seeds), labels to reach 95% of the full-pool Dice and to reach
+the Dice random order ends with, area under each curve with paired
+differences against random, and the seconds of a round (scoring, retraining).
 
     python -m benchmarks.annotation_loop --seeds 0 1 2 3 4 --out runs/annotation_loop
 """
@@ -199,13 +199,17 @@ def report(rounds: list[dict], out: Path) -> dict:
         if r["strategy"] != FULL_POOL and r["labels"] > min(x["labels"] for x in rounds if x["strategy"] == r["strategy"]):
             seconds.setdefault(r["strategy"], []).append((r["score_seconds"], r["train_seconds"]))
     full = {seed: max(curve.values()) for seed, curve in curves.pop(FULL_POOL, {}).items()}
-    summary: dict = {"full_pool_dice": full, "strategies": {}}
+    # what random order reaches with every label of the loop: the labels another order needs for it are its saving
+    random_end = {seed: curve[max(curve)] for seed, curve in curves.get("random", {}).items()}
+    summary: dict = {"full_pool_dice": full, "random_final_dice": random_end, "strategies": {}}
     for strategy, by_seed in curves.items():
         counts = sorted({n for curve in by_seed.values() for n in curve})
         entry = {
             "dice": {n: interval([c[n] for c in by_seed.values() if n in c]) for n in counts},
             "labels_to_95": {seed: labels_to_reach(c, 0.95 * full[seed]) if seed in full else None
                              for seed, c in by_seed.items()},
+            "labels_to_random_final": {seed: labels_to_reach(c, random_end[seed]) if seed in random_end else None
+                                       for seed, c in by_seed.items()},
             "area": {seed: area(c) for seed, c in by_seed.items()},
             "round_seconds": {"scoring": statistics.fmean(s for s, _ in seconds.get(strategy, [(0, 0)])),
                               "training": statistics.fmean(t for _, t in seconds.get(strategy, [(0, 0)]))},
@@ -217,7 +221,8 @@ def report(rounds: list[dict], out: Path) -> dict:
             continue
         seeds = sorted(set(entry["area"]) & set(random_runs["area"]))
         if seeds:
-            entry["area_minus_random"] = interval([entry["area"][s] - random_runs["area"][s] for s in seeds])
+            entry["area_minus_random_by_seed"] = {s: entry["area"][s] - random_runs["area"][s] for s in seeds}
+            entry["area_minus_random"] = interval(list(entry["area_minus_random_by_seed"].values()))
         both = [s for s in seeds if entry["labels_to_95"].get(s) and random_runs["labels_to_95"].get(s)]
         if both:
             entry["labels_saved_vs_random"] = interval(
@@ -230,19 +235,27 @@ def report(rounds: list[dict], out: Path) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    full = summary["full_pool_dice"]
+    full, strategies = summary["full_pool_dice"], summary["strategies"]
+    seeds_text = lambda by_seed: ", ".join(f"{s}: {v}" for s, v in sorted(by_seed.items()))  # noqa: E731
     lines = [f"Full-pool Dice by seed: {', '.join(f'{s}: {d:.3f}' for s, d in sorted(full.items()))}", "",
-             "| strategy | Dice at labels (mean ± 95% half-width) | labels to 95% of full pool (by seed) | "
-             "area - random (mean ± 95%) | labels saved vs random | s/round scoring / training |",
-             "|---|---|---|---|---|---|"]
-    for strategy, e in summary["strategies"].items():
-        dice_text = "; ".join(f"{n}: {m:.3f} ± {h:.3f}" for n, (m, h) in e["dice"].items())
-        reach = ", ".join(f"{s}: {n}" for s, n in sorted(e["labels_to_95"].items()))
+             "Test Dice (mean ± 95% half-width over seeds)", "",
+             f"| labelled images | {' | '.join(strategies)} |", f"|---|{'---|' * len(strategies)}"]
+    for n in sorted({n for e in strategies.values() for n in e["dice"]}):
+        cells = [f"{e['dice'][n][0]:.3f} ± {e['dice'][n][1]:.3f}" if n in e["dice"] else "-" for e in strategies.values()]
+        lines.append(f"| {n} | {' | '.join(cells)} |")
+    lines += ["", "| strategy | area (mean Dice over the labels) | area - random: mean ± 95% (by seed) | "
+              "labels to 95% of full pool (by seed) | labels to random's final Dice (by seed) | "
+              "labels saved vs random | s/round scoring / training |", "|---|---|---|---|---|---|---|"]
+    for strategy, e in strategies.items():
+        area_mean, area_half = interval(list(e["area"].values()))
         delta = e.get("area_minus_random")
+        delta_text = (f"{delta[0]:+.3f} ± {delta[1]:.3f} "
+                      f"({seeds_text({s: f'{d:+.3f}' for s, d in e['area_minus_random_by_seed'].items()})})"
+                      if delta else "-")
         saved = e.get("labels_saved_vs_random")
         lines.append(
-            f"| {strategy} | {dice_text} | {reach} | {f'{delta[0]:+.3f} ± {delta[1]:.3f}' if delta else '-'} | "
-            f"{f'{saved[0]:+.0%} ± {saved[1]:.0%}' if saved else '-'} | "
+            f"| {strategy} | {area_mean:.3f} ± {area_half:.3f} | {delta_text} | {seeds_text(e['labels_to_95'])} | "
+            f"{seeds_text(e['labels_to_random_final'])} | {f'{saved[0]:+.0%} ± {saved[1]:.0%}' if saved else '-'} | "
             f"{e['round_seconds']['scoring']:.0f} / {e['round_seconds']['training']:.0f} |"
         )
     return "\n".join(lines) + "\n"

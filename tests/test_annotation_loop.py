@@ -6,8 +6,10 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from benchmarks.annotation_loop import STRATEGIES, epochs_for, main
+from benchmarks.annotation_loop import report as main_report
 from tokenseg.data.cohort import cohort_difficulty, make_cohort_case
 
 
@@ -57,3 +59,21 @@ def test_two_rounds_through_the_server_for_every_strategy(tmp_path):
         assert 0 <= second["test_dice"] <= 1 and len(second["test_dice_per_case"]) == 2
     report = json.loads((out / "report.json").read_text())
     assert set(report["strategies"]) == set(STRATEGIES) and (out / "dice_vs_labels.png").stat().st_size > 0
+
+
+def test_report_pairs_each_strategy_with_random_seed_by_seed(tmp_path):
+    def loop(strategy, seed, dice_by_labels):
+        return [{"strategy": strategy, "seed": seed, "labels": n, "test_dice": d, "score_seconds": 1.0,
+                 "train_seconds": 10.0} for n, d in dice_by_labels.items()]
+
+    rounds = loop("full_pool", 0, {40: 0.5}) + loop("full_pool", 1, {40: 0.4})
+    rounds += loop("random", 0, {2: 0.0, 4: 0.2, 6: 0.3}) + loop("random", 1, {2: 0.0, 4: 0.1, 6: 0.2})
+    rounds += loop("tokenseg_uncertain_volume", 0, {2: 0.0, 4: 0.3, 6: 0.5})
+    rounds += loop("tokenseg_uncertain_volume", 1, {2: 0.0, 4: 0.2, 6: 0.4})
+    summary = main_report(rounds, tmp_path)
+    ours, random_order = summary["strategies"]["tokenseg_uncertain_volume"], summary["strategies"]["random"]
+    assert random_order["area"] == pytest.approx({0: 0.175, 1: 0.1})  # trapezoids over 2..6 labels, divided by 4
+    assert ours["area_minus_random_by_seed"] == pytest.approx({0: 0.275 - 0.175, 1: 0.2 - 0.1})
+    assert ours["labels_to_95"] == {0: 6, 1: 6} and random_order["labels_to_95"] == {0: None, 1: None}
+    assert ours["labels_to_random_final"] == {0: 4, 1: 4}  # random ends at 0.3 and 0.2
+    assert "| tokenseg_uncertain_volume |" in (tmp_path / "report.md").read_text()
