@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--initial", type=int, default=2, help="labelled images before the first round")
     parser.add_argument("--step", type=int, default=2, help="images labelled per round")
     parser.add_argument("--labels", type=int, default=20, help="labelled images at the end")
-    parser.add_argument("--steps-per-round", type=int, default=60,
+    parser.add_argument("--steps-per-round", type=int, default=50,
                         help="optimisation steps of each retraining (its epochs follow from the labelled count)")
     parser.add_argument("--early-stop", type=int, default=0,
                         help="stop a retraining once validation Dice has not improved for this many epochs (0: never)")
@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epistemic-samples", type=int, default=5)
     parser.add_argument("--pool", type=int, default=40, help="unlabelled images")
     parser.add_argument("--test", type=int, default=10, help="held-out test images")
-    parser.add_argument("--shape", type=int, nargs=3, default=list(COHORT_SHAPE), help="voxels of a case")
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 16],
+                        help=f"voxels of a case (the cohort's own size: {' '.join(map(str, COHORT_SHAPE))})")
     parser.add_argument("--patch", type=int, nargs=3, default=[64, 64, 16], help="training patch (multiples of 16)")
     parser.add_argument("--no-full-pool", action="store_true", help="skip the model trained on the whole pool")
     parser.add_argument("--data", type=Path, default=None, help="where the cohort is generated (default: under --out)")
