@@ -191,7 +191,24 @@ def area(curve: dict[int, float]) -> float:
     return sum((curve[a] + curve[b]) / 2 * (b - a) for a, b in zip(xs, xs[1:])) / (xs[-1] - xs[0])
 
 
-def report(rounds: list[dict], out: Path) -> dict:
+def chosen_profile(rounds: list[dict], difficulty: dict[str, dict]) -> dict:
+    """What an order chose after the initial images: the share of empty images, the mean lesion share of the
+    voxels and contrast to noise (of images with lesions), and the shares with a strong bias field or noise bursts."""
+    chosen = [difficulty[image] for r in rounds for image in r["chosen"]]
+    lesioned = [d for d in chosen if d["lesions"]] or [{"lesion_share": 0.0, "cnr": 0.0}]
+    return {
+        "images": len(chosen),
+        "empty": statistics.fmean(d["lesions"] == 0 for d in chosen),
+        "lesion_share": statistics.fmean(d["lesion_share"] for d in chosen),
+        "cnr": statistics.fmean(d["cnr"] for d in lesioned),
+        "strong_bias": statistics.fmean(d["strong_bias"] for d in chosen),
+        "noise_burst": statistics.fmean(d["noise_burst"] for d in chosen),
+    }
+
+
+def report(rounds: list[dict], out: Path, difficulty: dict[str, dict] | None = None) -> dict:
+    """Summary of the rounds, written to ``out``; ``difficulty``: each pool image's draw (``cohort_difficulty``),
+    to profile what each order chose."""
     curves: dict[str, dict[int, dict[int, float]]] = {}
     seconds: dict[str, list[tuple[float, float]]] = {}
     for r in rounds:
@@ -228,6 +245,12 @@ def report(rounds: list[dict], out: Path) -> dict:
             entry["labels_saved_vs_random"] = interval(
                 [1 - entry["labels_to_95"][s] / random_runs["labels_to_95"][s] for s in both]
             )
+    if difficulty:
+        summary["pool_profile"] = chosen_profile([{"chosen": list(difficulty)}], difficulty)
+        for strategy, entry in summary["strategies"].items():
+            entry["chosen_profile"] = chosen_profile(
+                [r for r in rounds if r["strategy"] == strategy and r["labels"] > min(
+                    x["labels"] for x in rounds if x["strategy"] == strategy)], difficulty)
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "report.md").write_text(markdown(summary))
     plot(summary, out / "dice_vs_labels.png")
@@ -258,6 +281,13 @@ def markdown(summary: dict) -> str:
             f"{seeds_text(e['labels_to_random_final'])} | {f'{saved[0]:+.0%} ± {saved[1]:.0%}' if saved else '-'} | "
             f"{e['round_seconds']['scoring']:.0f} / {e['round_seconds']['training']:.0f} |"
         )
+    if "pool_profile" in summary:
+        lines += ["", "What each order chose after the initial images (the pool: all its images)", "",
+                  "| | images | empty | mean lesion share | mean contrast to noise | strong bias | noise bursts |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, c in [("pool", summary["pool_profile"])] + [(s, e["chosen_profile"]) for s, e in strategies.items()]:
+            lines.append(f"| {name} | {c['images']} | {c['empty']:.0%} | {c['lesion_share']:.3%} | {c['cnr']:.2f} | "
+                         f"{c['strong_bias']:.0%} | {c['noise_burst']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -333,7 +363,8 @@ def main(argv: list[str] | None = None) -> dict:
         rounds[:] = [r for r in rounds if (r["strategy"], r["seed"]) != (strategy, seed)]  # an unfinished run: again
         run_loop(strategy, seed, pool, test_cases, args, record)
     log.write_text("".join(json.dumps(r) + "\n" for r in rounds))
-    summary = report(rounds, args.out)
+    difficulty = {image_id(image): draw for (image, _), draw in zip(pool, datalist.get("difficulty", []))}
+    summary = report(rounds, args.out, difficulty)
     print((args.out / "report.md").read_text())
     return summary
 

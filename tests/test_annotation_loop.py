@@ -59,6 +59,9 @@ def test_two_rounds_through_the_server_for_every_strategy(tmp_path):
         assert 0 <= second["test_dice"] <= 1 and len(second["test_dice_per_case"]) == 2
     report = json.loads((out / "report.json").read_text())
     assert set(report["strategies"]) == set(STRATEGIES) and (out / "dice_vs_labels.png").stat().st_size > 0
+    # what each order chose, profiled by the cohort's draws: the two images of its second round
+    assert report["pool_profile"]["images"] == 6
+    assert all(entry["chosen_profile"]["images"] == 2 for entry in report["strategies"].values())
 
 
 def test_report_pairs_each_strategy_with_random_seed_by_seed(tmp_path):
