@@ -12,7 +12,9 @@ on a copy of the bundle, with the bundle's ``seed`` set per run.
 Datasets (``--dataset``): ``demo`` (the bundle's synthetic breast DCE-MRI,
 3 channels, large lesions) and ``small_targets`` (single-channel, one small
 low-contrast lesion of 0.1-0.5% of the voxels, 0.8 x 0.8 x 5 mm;
-``tokenseg.data.small_targets``).
+``tokenseg.data.small_targets``) and ``cohort`` (the annotation loop's pool
+and test cases at 64 x 64 x 16, every case of its own difficulty;
+``tokenseg.data.cohort``).
 
     python -m benchmarks.accuracy --dataset small_targets --epochs 25 --seeds 0 1 2 --out runs/accuracy_small
 
@@ -41,6 +43,7 @@ from monai.bundle import ConfigParser
 from benchmarks.learning import plot
 from benchmarks.models import MODEL_SETTINGS, MODELS
 from benchmarks.tables import accuracy_table
+from tokenseg.data.cohort import COHORT_SPACING, COHORT_SPLITS, ensure_cohort_dataset
 from tokenseg.data.datalist import load_datalist
 from tokenseg.data.demo import ensure_demo_dataset
 from tokenseg.data.small_targets import SMALL_TARGET_SPACING, ensure_small_target_dataset
@@ -54,6 +57,12 @@ DATASETS = {
         ensure_small_target_dataset,
         {"in_channels": 1, "pixdim": list(SMALL_TARGET_SPACING), "patch_size": [64, 64, 16]},
         "TokenSeg small targets: 1 channel, one lesion of 0.1-0.5% of the voxels, 0.8 x 0.8 x 5 mm",
+    ),
+    # the annotation loop's cohort at its size there: how far a model trained on the whole pool gets
+    "cohort": (
+        lambda: ensure_cohort_dataset(REPO / "runs" / "data" / "cohort_64x64x16", COHORT_SPLITS, (64, 64, 16)),
+        {"in_channels": 1, "pixdim": list(COHORT_SPACING), "patch_size": [64, 64, 16]},
+        "TokenSeg cohort: 1 channel, 0-3 lesions of 0.05-2% of the voxels, contrast to noise 1.5-5, 64 x 64 x 16",
     ),
 }
 
