@@ -34,6 +34,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -370,4 +371,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    # stopped with SIGTERM, unwind as on Ctrl-C, so that the running loop's server (its own process group) stops
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     sys.exit(main() and 0)

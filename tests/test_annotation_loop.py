@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import psutil
 import pytest
 
 from benchmarks.annotation_loop import STRATEGIES, epochs_for, main
@@ -80,3 +86,31 @@ def test_report_pairs_each_strategy_with_random_seed_by_seed(tmp_path):
     assert ours["labels_to_95"] == {0: 6, 1: 6} and random_order["labels_to_95"] == {0: None, 1: None}
     assert ours["labels_to_random_final"] == {0: 4, 1: 4}  # random ends at 0.3 and 0.2
     assert "| tokenseg_uncertain_volume |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_loop_stopped_with_sigterm_leaves_no_server(tmp_path):
+    out = tmp_path / "loop"
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.annotation_loop", "--strategies", "random", "--seeds", "0", "--labels", "4",
+         "--steps-per-round", "1", "--pool", "4", "--test", "1", "--shape", "32", "32", "16", "--patch", "32", "32", "16",
+         "--val-split", "0.5", "--no-full-pool", "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[1])
+    server_log = out / "random" / "seed_0" / "server.log"
+    deadline = time.time() + 300
+    while not (server_log.exists() and "Train request" in server_log.read_text()) and time.time() < deadline:
+        assert loop.poll() is None, "the loop ended before its first training"
+        time.sleep(1)
+    server_pids = [p.pid for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])
+                   and "monailabel" in " ".join(p.info["cmdline"] or [])]
+    assert server_pids, "the loop's server was not found running"
+    loop.send_signal(signal.SIGTERM)
+    try:
+        assert loop.wait(timeout=60) == 128 + signal.SIGTERM
+        time.sleep(2)
+        left = [pid for pid in server_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        assert not left, "the loop's server outlived it"
+    finally:  # whatever failed, no server of this test stays behind
+        loop.kill()
+        for pid in server_pids:
+            if psutil.pid_exists(pid):
+                psutil.Process(pid).kill()

@@ -64,17 +64,20 @@ class MonaiLabelServer:
             cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()[-5000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/info/", timeout=5) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(1)
-        self.stop()
-        raise TimeoutError(f"server did not answer within {timeout} s:\n{self.log.read_text()[-5000:]}")
+        try:
+            while time.time() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()[-5000:]}")
+                try:
+                    with urllib.request.urlopen(f"{self.url}/info/", timeout=5) as response:
+                        if response.status == 200:
+                            return self
+                except OSError:
+                    time.sleep(1)
+            raise TimeoutError(f"server did not answer within {timeout} s:\n{self.log.read_text()[-5000:]}")
+        except BaseException:  # a timeout, or the caller stopped while waiting: no server left behind
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process is None:
