@@ -249,9 +249,10 @@ def report(rounds: list[dict], out: Path, difficulty: dict[str, dict] | None = N
     if difficulty:
         summary["pool_profile"] = chosen_profile([{"chosen": list(difficulty)}], difficulty)
         for strategy, entry in summary["strategies"].items():
-            entry["chosen_profile"] = chosen_profile(
-                [r for r in rounds if r["strategy"] == strategy and r["labels"] > min(
-                    x["labels"] for x in rounds if x["strategy"] == strategy)], difficulty)
+            first = min(r["labels"] for r in rounds if r["strategy"] == strategy)
+            later = [r for r in rounds if r["strategy"] == strategy and r["labels"] > first]
+            if later:  # a loop of one round chose nothing
+                entry["chosen_profile"] = chosen_profile(later, difficulty)
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "report.md").write_text(markdown(summary))
     plot(summary, out / "dice_vs_labels.png")
@@ -286,7 +287,8 @@ def markdown(summary: dict) -> str:
         lines += ["", "What each order chose after the initial images (the pool: all its images)", "",
                   "| | images | empty | mean lesion share | mean contrast to noise | strong bias | noise bursts |",
                   "|---|---|---|---|---|---|---|"]
-        for name, c in [("pool", summary["pool_profile"])] + [(s, e["chosen_profile"]) for s, e in strategies.items()]:
+        for name, c in [("pool", summary["pool_profile"])] + [(s, e["chosen_profile"]) for s, e in strategies.items()
+                                                                if "chosen_profile" in e]:
             lines.append(f"| {name} | {c['images']} | {c['empty']:.0%} | {c['lesion_share']:.3%} | {c['cnr']:.2f} | "
                          f"{c['strong_bias']:.0%} | {c['noise_burst']:.0%} |")
     return "\n".join(lines) + "\n"
