@@ -192,10 +192,10 @@ def area(curve: dict[int, float]) -> float:
     return sum((curve[a] + curve[b]) / 2 * (b - a) for a, b in zip(xs, xs[1:])) / (xs[-1] - xs[0])
 
 
-def chosen_profile(rounds: list[dict], difficulty: dict[str, dict]) -> dict:
-    """What an order chose after the initial images: the share of empty images, the mean lesion share of the
-    voxels and contrast to noise (of images with lesions), and the shares with a strong bias field or noise bursts."""
-    chosen = [difficulty[image] for r in rounds for image in r["chosen"]]
+def chosen_profile(images: list[str], difficulty: dict[str, dict]) -> dict:
+    """What ``images`` are like: the share of empty images, the mean lesion share of the voxels and contrast to
+    noise (of images with lesions), and the shares with a strong bias field or noise bursts."""
+    chosen = [difficulty[image] for image in images]
     lesioned = [d for d in chosen if d["lesions"]] or [{"lesion_share": 0.0, "cnr": 0.0}]
     return {
         "images": len(chosen),
@@ -211,11 +211,16 @@ def report(rounds: list[dict], out: Path, difficulty: dict[str, dict] | None = N
     """Summary of the rounds, written to ``out``; ``difficulty``: each pool image's draw (``cohort_difficulty``),
     to profile what each order chose."""
     curves: dict[str, dict[int, dict[int, float]]] = {}
-    seconds: dict[str, list[tuple[float, float]]] = {}
+    # the rounds after a loop's first: those that scored and chose (and so can be timed and profiled)
+    initial = {}
+    for r in rounds:
+        initial[r["strategy"]] = min(initial.get(r["strategy"], r["labels"]), r["labels"])
+    later: dict[str, list[dict]] = {}
     for r in rounds:
         curves.setdefault(r["strategy"], {}).setdefault(r["seed"], {})[r["labels"]] = r["test_dice"]
-        if r["strategy"] != FULL_POOL and r["labels"] > min(x["labels"] for x in rounds if x["strategy"] == r["strategy"]):
-            seconds.setdefault(r["strategy"], []).append((r["score_seconds"], r["train_seconds"]))
+        if r["strategy"] != FULL_POOL and r["labels"] > initial[r["strategy"]]:
+            later.setdefault(r["strategy"], []).append(r)
+    seconds = {strategy: [(r["score_seconds"], r["train_seconds"]) for r in rs] for strategy, rs in later.items()}
     full = {seed: max(curve.values()) for seed, curve in curves.pop(FULL_POOL, {}).items()}
     # what random order reaches with every label of the loop: the labels another order needs for it are its saving
     random_end = {seed: curve[max(curve)] for seed, curve in curves.get("random", {}).items()}
@@ -247,12 +252,10 @@ def report(rounds: list[dict], out: Path, difficulty: dict[str, dict] | None = N
                 [1 - entry["labels_to_95"][s] / random_runs["labels_to_95"][s] for s in both]
             )
     if difficulty:
-        summary["pool_profile"] = chosen_profile([{"chosen": list(difficulty)}], difficulty)
+        summary["pool_profile"] = chosen_profile(list(difficulty), difficulty)
         for strategy, entry in summary["strategies"].items():
-            first = min(r["labels"] for r in rounds if r["strategy"] == strategy)
-            later = [r for r in rounds if r["strategy"] == strategy and r["labels"] > first]
-            if later:  # a loop of one round chose nothing
-                entry["chosen_profile"] = chosen_profile(later, difficulty)
+            if strategy in later:  # a loop of one round chose nothing
+                entry["chosen_profile"] = chosen_profile([i for r in later[strategy] for i in r["chosen"]], difficulty)
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "report.md").write_text(markdown(summary))
     plot(summary, out / "dice_vs_labels.png")
