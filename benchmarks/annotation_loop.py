@@ -49,13 +49,15 @@ from tools.monailabel_server import MonaiLabelServer, client_for, wait_for_train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tokenseg"
-# each strategy, the scoring method that feeds it (random needs none) and the image info key where that method
+# each strategy and the scoring methods that feed it (random needs none), each with the image info key where it
 # records which checkpoint (its modification time) made the score
 STRATEGIES = {
-    "random": (None, None),
-    "tokenseg_uncertainty": ("tokenseg_uncertainty", "tokenseg_uncertainty_ts"),
-    "tokenseg_uncertain_volume": ("tokenseg_uncertain_volume", "tokenseg_uncertain_volume_ts"),
-    "tokenseg_epistemic": ("tokenseg_epistemic", "epistemic_ts"),
+    "random": [],
+    "tokenseg_uncertainty": [("tokenseg_uncertainty", "tokenseg_uncertainty_ts")],
+    "tokenseg_uncertain_volume": [("tokenseg_uncertain_volume", "tokenseg_uncertain_volume_ts")],
+    "tokenseg_uncertain_diverse": [("tokenseg_uncertain_volume", "tokenseg_uncertain_volume_ts"),
+                                   ("tokenseg_embedding", "tokenseg_embedding_ts")],
+    "tokenseg_epistemic": [("tokenseg_epistemic", "epistemic_ts")],
 }
 FULL_POOL = "full_pool"
 
@@ -86,13 +88,12 @@ def train(client, params: dict) -> tuple[float, dict]:
     return time.time() - start, status
 
 
-def score(server: MonaiLabelServer, method: str | None) -> float:
-    """Run the strategy's scoring method now, to the end; its seconds."""
-    if method is None:
-        return 0.0
+def score(server: MonaiLabelServer, methods: list[str]) -> float:
+    """Run the strategy's scoring methods now, to the end; their seconds."""
     start = time.time()
-    response = requests.post(f"{server.url}/scoring/{method}", params={"run_sync": True}, timeout=7200)
-    response.raise_for_status()
+    for method in methods:
+        response = requests.post(f"{server.url}/scoring/{method}", params={"run_sync": True}, timeout=7200)
+        response.raise_for_status()
     return time.time() - start
 
 
@@ -124,9 +125,15 @@ def epochs_for(labelled: int, steps: int, val_split: float, batch_size: int = 2)
     return max(1, math.ceil(steps / math.ceil(training / batch_size)))
 
 
+def curve_name(strategy: str, early_stop: int) -> str:
+    """A loop's name in the report: its strategy, and its retraining's early stopping when it has one."""
+    return f"{strategy}, early stop {early_stop}" if early_stop else strategy
+
+
 def run_loop(strategy: str, seed: int, pool, test_cases, args, record) -> None:
     """One annotation loop (``strategy``, ``seed``); ``record(round)`` gets every round as it ends."""
-    run_dir = args.out / strategy / f"seed_{seed}"
+    early_stop = 0 if strategy == FULL_POOL else args.early_stop  # the full-pool model: always its whole budget
+    run_dir = args.out / curve_name(strategy, early_stop).replace(", ", "_").replace(" ", "_") / f"seed_{seed}"
     labels = {image_id(image): label for image, label in pool}
     rounds = (args.labels - args.initial) // args.step + 1
     # every round fine-tunes for the same number of steps; the full-pool model gets all the rounds' steps at once
@@ -143,25 +150,26 @@ def run_loop(strategy: str, seed: int, pool, test_cases, args, record) -> None:
             labelled = client.datastore()["objects"]
             labelled = sorted(i for i, o in labelled.items() if o.get("labels", {}).get("final"))
             epochs = epochs_for(len(labelled), steps, args.val_split)
-            seconds, _ = train(client, {"max_epochs": epochs, "seed": seed, "early_stop_patience": args.early_stop})
+            seconds, _ = train(client, {"max_epochs": epochs, "seed": seed, "early_stop_patience": early_stop})
             scores = test_dice(client, test_cases)
             round_ = {
-                "strategy": strategy, "seed": seed, "labels": len(labelled), "labelled": labelled, "chosen": chosen,
+                "strategy": strategy, "early_stop": early_stop, "seed": seed, "labels": len(labelled),
+                "labelled": labelled, "chosen": chosen,
                 "test_dice": statistics.fmean(scores), "test_dice_per_case": scores,
                 "train_seconds": round(seconds, 1), "score_seconds": round(score_seconds, 1), "scored_with": scored_with,
                 "checkpoint_mtime": checkpoint.stat().st_mtime, "epochs": epochs,
                 "epochs_run": client.info()["train_stats"][MODEL].get("epoch"),
             }
             record(round_)
-            print(f"{strategy} seed {seed}: {len(labelled)} labels, test Dice {round_['test_dice']:.3f} "
+            print(f"{curve_name(strategy, early_stop)} seed {seed}: {len(labelled)} labels, "
+                  f"test Dice {round_['test_dice']:.3f} "
                   f"(train {seconds:.0f} s, scoring {score_seconds:.0f} s)", flush=True)
             if strategy == FULL_POOL or len(labelled) >= args.labels:
                 return
-            method, stamp = STRATEGIES[strategy]
-            score_seconds = score(server, method)
+            score_seconds = score(server, [method for method, _ in STRATEGIES[strategy]])
             objects = client.datastore()["objects"]  # which checkpoint scored the unlabelled images
-            scored_with = sorted({o["image"]["info"].get(stamp) for i, o in objects.items() if i not in labelled}
-                                 - {None}) if stamp else []
+            scored_with = sorted({o["image"]["info"].get(stamp) for _, stamp in STRATEGIES[strategy]
+                                  for i, o in objects.items() if i not in labelled} - {None})
             chosen = []
             for _ in range(min(args.step, args.labels - len(labelled))):
                 answer = client.next_sample(strategy, {})
@@ -214,12 +222,14 @@ def report(rounds: list[dict], out: Path, difficulty: dict[str, dict] | None = N
     # the rounds after a loop's first: those that scored and chose (and so can be timed and profiled)
     initial = {}
     for r in rounds:
-        initial[r["strategy"]] = min(initial.get(r["strategy"], r["labels"]), r["labels"])
+        name = curve_name(r["strategy"], r.get("early_stop", 0))
+        initial[name] = min(initial.get(name, r["labels"]), r["labels"])
     later: dict[str, list[dict]] = {}
     for r in rounds:
-        curves.setdefault(r["strategy"], {}).setdefault(r["seed"], {})[r["labels"]] = r["test_dice"]
-        if r["strategy"] != FULL_POOL and r["labels"] > initial[r["strategy"]]:
-            later.setdefault(r["strategy"], []).append(r)
+        name = curve_name(r["strategy"], r.get("early_stop", 0))
+        curves.setdefault(name, {}).setdefault(r["seed"], {})[r["labels"]] = r["test_dice"]
+        if name != FULL_POOL and r["labels"] > initial[name]:
+            later.setdefault(name, []).append(r)
     seconds = {strategy: [(r["score_seconds"], r["train_seconds"]) for r in rs] for strategy, rs in later.items()}
     full = {seed: max(curve.values()) for seed, curve in curves.pop(FULL_POOL, {}).items()}
     # what random order reaches with every label of the loop: the labels another order needs for it are its saving
@@ -331,7 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps-per-round", type=int, default=50,
                         help="optimisation steps of each retraining (its epochs follow from the labelled count)")
     parser.add_argument("--early-stop", type=int, default=0,
-                        help="stop a retraining once validation Dice has not improved for this many epochs (0: never)")
+                        help="stop a retraining once validation Dice has not improved for this many epochs (0: never); "
+                             "its loops are reported apart from those without")
     parser.add_argument("--val-split", type=float, default=0.2)
     parser.add_argument("--epistemic-samples", type=int, default=5)
     parser.add_argument("--pool", type=int, default=40, help="unlabelled images")
@@ -353,8 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     log = args.out / "rounds.jsonl"
     rounds = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    done = {(r["strategy"], r["seed"]) for r in rounds if r["labels"] >= (len(pool) if r["strategy"] == FULL_POOL
-                                                                         else args.labels)}
+    run_key = lambda r: (r["strategy"], r.get("early_stop", 0), r["seed"])  # noqa: E731
+    done = {run_key(r) for r in rounds if r["labels"] >= (len(pool) if r["strategy"] == FULL_POOL else args.labels)}
 
     def record(round_: dict) -> None:
         rounds.append(round_)
@@ -363,10 +374,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs = [(s, seed) for seed in args.seeds for s in ([] if args.no_full_pool else [FULL_POOL]) + args.strategies]
     for strategy, seed in runs:
-        if (strategy, seed) in done:
-            print(f"{strategy} seed {seed}: done already", flush=True)
+        key = (strategy, 0 if strategy == FULL_POOL else args.early_stop, seed)
+        if key in done:
+            print(f"{curve_name(*key[:2])} seed {seed}: done already", flush=True)
             continue
-        rounds[:] = [r for r in rounds if (r["strategy"], r["seed"]) != (strategy, seed)]  # an unfinished run: again
+        rounds[:] = [r for r in rounds if run_key(r) != key]  # an unfinished run: again
         run_loop(strategy, seed, pool, test_cases, args, record)
     log.write_text("".join(json.dumps(r) + "\n" for r in rounds))
     difficulty = {image_id(image): draw for (image, _), draw in zip(pool, datalist.get("difficulty", []))}

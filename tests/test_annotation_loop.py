@@ -54,7 +54,7 @@ def test_two_rounds_through_the_server_for_every_strategy(tmp_path):
         # retrained between the rounds
         assert second["checkpoint_mtime"] > first["checkpoint_mtime"]
         # the strategy's scores were made by the checkpoint the first round trained
-        if STRATEGIES[strategy][0]:
+        if STRATEGIES[strategy]:
             assert second["scored_with"] == [int(first["checkpoint_mtime"])], (strategy, second["scored_with"])
         # the labels saved are on disk as they were submitted, none lost
         final = out / strategy / "seed_0" / "studies" / "labels" / "final"
@@ -71,14 +71,18 @@ def test_two_rounds_through_the_server_for_every_strategy(tmp_path):
 
 
 def test_report_pairs_each_strategy_with_random_seed_by_seed(tmp_path):
-    def loop(strategy, seed, dice_by_labels):
+    def loop(strategy, seed, dice_by_labels, early_stop=0):
         return [{"strategy": strategy, "seed": seed, "labels": n, "test_dice": d, "score_seconds": 1.0,
-                 "train_seconds": 10.0} for n, d in dice_by_labels.items()]
+                 "train_seconds": 10.0 - 5.0 * bool(early_stop), "early_stop": early_stop}
+                for n, d in dice_by_labels.items()]
 
     rounds = loop("full_pool", 0, {40: 0.5}) + loop("full_pool", 1, {40: 0.4})
     rounds += loop("random", 0, {2: 0.0, 4: 0.2, 6: 0.3}) + loop("random", 1, {2: 0.0, 4: 0.1, 6: 0.2})
     rounds += loop("tokenseg_uncertain_volume", 0, {2: 0.0, 4: 0.3, 6: 0.5})
     rounds += loop("tokenseg_uncertain_volume", 1, {2: 0.0, 4: 0.2, 6: 0.4})
+    # random order retrained with early stopping: a curve of its own, paired with random's fixed retraining
+    rounds += loop("random", 0, {2: 0.0, 4: 0.1, 6: 0.3}, early_stop=3)
+    rounds += loop("random", 1, {2: 0.0, 4: 0.1, 6: 0.2}, early_stop=3)
     summary = main_report(rounds, tmp_path)
     ours, random_order = summary["strategies"]["tokenseg_uncertain_volume"], summary["strategies"]["random"]
     assert random_order["area"] == pytest.approx({0: 0.175, 1: 0.1})  # trapezoids over 2..6 labels, divided by 4
@@ -86,6 +90,9 @@ def test_report_pairs_each_strategy_with_random_seed_by_seed(tmp_path):
     assert ours["labels_to_95"] == {0: 6, 1: 6} and random_order["labels_to_95"] == {0: None, 1: None}
     assert ours["labels_to_random_final"] == {0: 4, 1: 4}  # random ends at 0.3 and 0.2
     assert "| tokenseg_uncertain_volume |" in (tmp_path / "report.md").read_text()
+    stopped = summary["strategies"]["random, early stop 3"]
+    assert stopped["area_minus_random_by_seed"] == pytest.approx({0: 0.125 - 0.175, 1: 0.0})
+    assert stopped["round_seconds"]["training"] == 5.0 and random_order["round_seconds"]["training"] == 10.0
 
 
 def test_a_loop_stopped_with_sigterm_leaves_no_server(tmp_path):

@@ -1,11 +1,11 @@
-"""The kept-cell mask and the scores used for active learning: boundary-token entropy, uncertain volume."""
+"""The kept-cell mask and what active learning reads: boundary-token entropy, uncertain volume, image embedding."""
 
 import math
 
 import torch
 
 from tokenseg.boundary import token_boundary_targets
-from tokenseg.uncertainty import boundary_token_entropy, kept_cell_mask, uncertain_volume
+from tokenseg.uncertainty import boundary_token_entropy, image_embedding, kept_cell_mask, uncertain_volume
 
 from conftest import tiny_tokenseg
 
@@ -64,3 +64,19 @@ def test_uncertain_volume_counts_the_voxels_torn_between_background_and_label():
     trained = tiny_tokenseg().train()
     share = uncertain_volume(trained, image, (32, 32, 32))
     assert 0.0 <= share <= 1.0 and trained.training  # a share, and the caller's mode kept
+
+
+def test_embedding_is_the_deepest_level_averaged_over_the_image():
+    net = tiny_tokenseg().eval()
+    image = torch.randn(1, 1, 32, 32, 32)  # one window: the embedding is that window's pooled features
+    embedding = image_embedding(net, image, (32, 32, 32))
+    x = image
+    with torch.no_grad():
+        for stage in net.encoder:
+            x = stage(x)
+    assert torch.allclose(torch.tensor(embedding), x.mean(dim=(2, 3, 4))[0], atol=1e-5)
+    other = image_embedding(net, torch.randn(1, 1, 40, 48, 36), (32, 32, 32))  # several windows
+    assert len(other) == len(embedding) and other != embedding
+    trained = tiny_tokenseg().train()
+    image_embedding(trained, image, (32, 32, 32))
+    assert trained.training

@@ -12,11 +12,16 @@ between background and a label (foreground probability between ``low`` and
 lesions the model half-sees, so an image the model is sure is empty scores
 nothing however unsure its boundaries, and a small unsure lesion is not
 diluted by a large image.
+
+``image_embedding``: not a score but what diversity is measured on: the
+deepest encoder level's features averaged over the image, so that a strategy
+can prefer an unsure image unlike those already labelled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import List
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -24,7 +29,7 @@ from monai.inferers import sliding_window_inference
 from tokenseg.networks import TokenSeg
 from tokenseg.networks.cells import expand_cells
 
-__all__ = ["kept_cell_mask", "boundary_token_entropy", "uncertain_volume"]
+__all__ = ["kept_cell_mask", "boundary_token_entropy", "uncertain_volume", "image_embedding"]
 
 
 def kept_cell_mask(network: TokenSeg, keep_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -73,6 +78,25 @@ def uncertain_volume(
     probabilities = _sliding_window_in_eval(network, image, roi_size, sw_batch_size, predictor, overlap)
     foreground = 1.0 - probabilities[:, 0]
     return ((foreground >= low) & (foreground <= 1.0 - low)).float().mean().item()
+
+
+@torch.no_grad()
+def image_embedding(
+    network: TokenSeg, image: torch.Tensor, roi_size: Sequence[int], sw_batch_size: int = 4, overlap: float = 0.25
+) -> List[float]:
+    """The deepest encoder level's features of ``image`` (1, C, ...), averaged over its voxels and over the
+    sliding windows: a vector of ``widths[-1]`` numbers (only the encoder runs)."""
+    per_window: List[torch.Tensor] = []
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        x = window
+        for stage in network.encoder:
+            x = stage(x)
+        per_window.append(x.float().mean(dim=(2, 3, 4)))
+        return window.new_zeros(window.shape[0], 1, *window.shape[2:])  # nothing to stitch
+
+    _sliding_window_in_eval(network, image, roi_size, sw_batch_size, predictor, overlap)
+    return torch.cat(per_window).mean(dim=0).tolist()
 
 
 def _sliding_window_in_eval(network, image, roi_size, sw_batch_size, predictor, overlap) -> torch.Tensor:

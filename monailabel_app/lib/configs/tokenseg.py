@@ -12,6 +12,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.utils.others.generic import strtobool
 
+from lib.activelearning.diversity import UncertaintyWithDiversity
 from lib.activelearning.epistemic import DropoutEpistemicScoring
 from lib.activelearning.uncertainty import SCORES, TokenSegScoring
 from lib.infers.tokenseg import TokenSegInfer
@@ -48,7 +49,11 @@ class TokenSeg(TaskConfig):
 
     def strategy(self) -> dict[str, Strategy]:
         # MONAI Label's Epistemic strategy serves the unlabelled image of highest score under its key
-        strategies = {key: Epistemic(k=1, key=key, desc=description) for key, (description, _) in SCORES.items()}
+        strategies = {key: Epistemic(k=1, key=key, desc=score.description)
+                      for key, score in SCORES.items() if not score.every_image}
+        strategies["tokenseg_uncertain_diverse"] = UncertaintyWithDiversity(
+            "tokenseg_uncertain_volume", "tokenseg_embedding",
+            "Unlabelled image with the most voxels TokenSeg is torn on, least like the labelled ones")
         if self.epistemic:
             strategies[f"{self.name}_epistemic"] = Epistemic()
         return strategies
