@@ -211,3 +211,28 @@ def test_where_training_starts(tmp_path):
     with pytest.raises(RuntimeError, match="holds a model for another task"):
         prepare_task(BUNDLE, partial.bundle, task_conf({"tumour": 1}), str(studies))
     assert torch.load(partial.checkpoint, map_location="cpu", weights_only=True)["head.conv.weight"].shape[1] == 3
+
+
+def test_early_stopping_ends_a_retraining_on_the_stable_validation_cases(tmp_path):
+    """``early_stop_patience`` stops training once the validation Dice stops improving; without it, every epoch runs."""
+    sys.path.insert(0, str(APP))
+    from lib.task import prepare_task
+    from lib.trainers.tokenseg import TokenSegTrainTask
+
+    studies, cases = make_studies(tmp_path, 1, num_cases=2)
+    datastore = LocalDatastore(str(studies), extensions=["*.nii.gz"], auto_reload=False)
+    for image, label in cases:
+        datastore.save_label(image.name.removesuffix(".nii.gz"), str(label), "final", {})
+    defaults = {"max_epochs": 5, "val_split": 0.5, "device": "cpu", "multi_gpu": False, "tracking": "none"}
+    epochs = {}
+    for patience in (0, 1):
+        task = prepare_task(BUNDLE, tmp_path / f"patience_{patience}" / "tokenseg", task_conf({"tumour": 1}),
+                            str(studies))
+        trainer = TokenSegTrainTask(str(task.bundle), {}, defaults, task.pretrained_path)
+        # no rise of the Dice reaches 1: every validation after the first counts as not improving
+        request = {"model": "tokenseg", "seed": 0, "early_stop_patience": patience, "early_stop_min_delta": 1.0}
+        metrics = trainer(request, datastore)
+        assert "val_mean_dice" in metrics and task.checkpoint.exists()
+        epochs[patience] = trainer.stats()["epoch"]
+    # the first validation sets the best; the second does not beat it by 1, and patience 1 stops there
+    assert epochs == {0: 5, 1: 2}, epochs

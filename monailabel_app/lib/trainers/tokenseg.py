@@ -51,8 +51,9 @@ class TokenSegTrainTask(BundleTrainTask):
     ``PublishStatsAndModel``. The last validation metrics, which the bundle
     writes to ``eval/metrics.csv``, are the task's result (``/train/`` status).
     Besides MONAI Label's keys, a request may give ``seed`` (the bundle's
-    determinism seed) and ``early_stop_patience`` (stop once the validation
-    Dice has not improved for that many validations; MONAI's ``EarlyStopHandler``).
+    determinism seed), ``early_stop_patience`` (stop once the validation
+    Dice has not improved for that many validations; MONAI's ``EarlyStopHandler``)
+    and ``early_stop_min_delta`` (the least rise that counts as improving; default 0).
 
     Args:
         path: the bundle folder.
@@ -116,14 +117,18 @@ class TokenSegTrainTask(BundleTrainTask):
         if "seed" in self.request:  # the bundle's determinism seed (the annotation-loop benchmark varies it)
             overrides["seed"] = int(self.request["seed"])
         patience = int(self.request.get("early_stop_patience", 0))
-        if patience > 0 and overrides.get(self.const.key_validate_dataset_data()):
-            # stop when the stable validation cases' Dice has not improved for `patience` validations
-            overrides["validate#handlers"] = [*self.bundle_config["validate"]["handlers"], {
+        early_stop = patience > 0 and bool(overrides.get(self.const.key_validate_dataset_data()))
+        if early_stop:
+            # stop when the stable validation cases' Dice has not improved for `patience` validations; attached to
+            # the evaluator at run time, since a handler of the evaluator naming the trainer would make the
+            # config circular (the trainer's ValidationHandler already names the evaluator)
+            overrides["early_stopper"] = {
                 "_target_": "EarlyStopHandler",
                 "patience": patience,
                 "score_function": "$lambda engine: engine.state.metrics['val_mean_dice']",
+                "min_delta": float(self.request.get("early_stop_min_delta", 0.0)),
                 "trainer": "@train#trainer",
-            }]
+            }
         overrides["train_stats_publisher"] = {
             "_target_": "monailabel.tasks.train.handler.PublishStatsAndModel",
             "stats_path": str(self.stats_path),
@@ -141,13 +146,14 @@ class TokenSegTrainTask(BundleTrainTask):
         overrides["run"] = [
             "$@train_stats_publisher.attach(@train#trainer) if not torch.distributed.is_initialized() "
             "or torch.distributed.get_rank() == 0 else None",
+            *(["$@early_stopper.attach(@validate#evaluator)"] if early_stop else []),
             *self.bundle_config["run"],
         ]
         return overrides
 
     def __call__(self, request, datastore: Datastore):
         request = {**self.defaults, **request, "model_filename": self.model_file}
-        self.request = request  # what _update_overrides reads (seed, early_stop_patience)
+        self.request = request  # what _update_overrides reads (seed, early stopping)
         if float(request.get("val_split", 0)) < 0:
             # MONAI Label's "-1: the bundle's own validation list" would validate on the bundle's demo data
             request["val_split"] = self.defaults["val_split"]
