@@ -39,6 +39,7 @@ MODELS: dict[str, Builder] = {
     "tokenseg_codebook64": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=64),
     "tokenseg_no_vq": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, codebook_size=0),
     "tokenseg_halo1": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, refinement_halo=1),
+    "tokenseg_cell_no_norm": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, refinement_norm=False),
     "tokenseg_large": lambda i, o, s, sp: TokenSeg(
         i, o, img_size=s, block_type="residual", token_dim=256, codebook_size=4096, refinement_halo=1
     ),
@@ -73,6 +74,8 @@ MODEL_SETTINGS: dict[str, str] = {
     "tokenseg_codebook64": "TokenSeg defaults with a codebook of 64 codes instead of 512",
     "tokenseg_no_vq": "TokenSeg defaults without quantization (codebook_size=0)",
     "tokenseg_halo1": "TokenSeg defaults with one position of context read around each kept cell (refinement_halo=1)",
+    "tokenseg_cell_no_norm": "TokenSeg defaults without norm in the kept first-level cells' blocks "
+    "(refinement_norm=False)",
     "tokenseg_large": "TokenSeg 0.8's default: residual blocks (two 3x3x3 convolutions) and 3x3x3 fuses, "
     "tokens of 256, codebook 4096, one position of context around each kept cell",
     "tokenseg_narrow": "TokenSeg defaults with the widths of TokenSeg 0.3, 16/32/64/128",

@@ -286,6 +286,7 @@ def test_input_too_small_for_the_grid_raises():
         (dict(selection="best"), "selection"),
         (dict(refinement="sparse"), "refinement"),
         (dict(token_dim=60, mixer_heads=8), "divisible"),
+        (dict(block_type="residual", refinement_norm=False), "need a norm"),
     ],
 )
 def test_bad_options_raise(kwargs, match):
@@ -307,6 +308,18 @@ def test_decomposed_blocks_and_dropout(dropout):
     with torch.no_grad():
         differ = not torch.equal(net(x), net(x))
     assert differ == (dropout > 0)  # what MONAI Label's epistemic scoring relies on
+
+
+def test_kept_cells_without_norm_leave_the_rest_normalised():
+    net = tiny_tokenseg(block_type="decomposed", refinement_norm=False, img_size=(64, 64, 32))
+    norms = lambda module: sum(isinstance(m, torch.nn.InstanceNorm3d) for m in module.modules())  # noqa: E731
+    assert norms(net.decoder.kept_cell_step) == 0
+    assert norms(net.encoder) > 0 and norms(net.decoder.up_blocks) > 0
+    assert norms(tiny_tokenseg(block_type="decomposed", img_size=(64, 64, 32)).decoder.kept_cell_step) > 0
+    output = net.train()(torch.randn(2, 1, 64, 64, 32))["logits"]
+    assert output.shape == (2, 2, 64, 64, 32)
+    output.float().mean().backward()
+    assert all(p.grad is not None for p in net.decoder.kept_cell_step.parameters())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs its CUDA checks instead")

@@ -70,7 +70,7 @@ class DecomposedConvBlock(nn.Module):
         channels: number of channels C.
         kernel_size: length of each 1-D depthwise kernel.
         mlp_ratio: hidden width of the pointwise MLP relative to C.
-        norm_name: MONAI norm name used after each 1-D convolution.
+        norm_name: MONAI norm name used after each 1-D convolution; ``None``: no norm.
         act_name: MONAI activation name inside the MLP.
         dropout: dropout rate inside the MLP.
     """
@@ -80,21 +80,21 @@ class DecomposedConvBlock(nn.Module):
         channels: int,
         kernel_size: int = 7,
         mlp_ratio: float = 2.0,
-        norm_name: str | tuple = "instance",
+        norm_name: str | tuple | None = "instance",
         act_name: str | tuple = "gelu",
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+
+        def norm() -> nn.Module:
+            return nn.Identity() if norm_name is None else get_norm_layer(norm_name, spatial_dims=3, channels=channels)
+
         self.axis_branches = nn.ModuleList(
-            nn.Sequential(
-                AxisDepthwiseConv(channels, kernel_size, axis),
-                get_norm_layer(norm_name, spatial_dims=3, channels=channels),
-            )
-            for axis in range(3)
+            nn.Sequential(AxisDepthwiseConv(channels, kernel_size, axis), norm()) for axis in range(3)
         )
         hidden = int(channels * mlp_ratio)
         self.mlp = nn.Sequential(
-            get_norm_layer(norm_name, spatial_dims=3, channels=channels),
+            norm(),
             nn.Conv3d(channels, hidden, 1),
             get_act_layer(act_name),
             nn.Dropout(dropout),
@@ -110,10 +110,13 @@ class DecomposedConvBlock(nn.Module):
 
 
 def make_block(
-    block_type: str, channels: int, norm_name: str | tuple, act_name: str | tuple, dropout: float
+    block_type: str, channels: int, norm_name: str | tuple | None, act_name: str | tuple, dropout: float
 ) -> nn.Module:
-    """Build one shape-preserving encoder block of ``block_type`` (see ``BLOCK_TYPES``)."""
+    """Build one shape-preserving encoder block of ``block_type`` (see ``BLOCK_TYPES``); ``norm_name`` ``None``
+    (no norm) only for ``"decomposed"``."""
     if block_type == "residual":
+        if norm_name is None:
+            raise ValueError("residual blocks need a norm (norm_name None is for decomposed blocks).")
         return UnetResBlock(
             3, channels, channels, kernel_size=3, stride=1, norm_name=norm_name, act_name=act_name, dropout=dropout
         )
@@ -123,12 +126,12 @@ def make_block(
 
 
 def make_fuse(
-    block_type: str, channels: int, norm_name: str | tuple, act_name: str | tuple, dropout: float
+    block_type: str, channels: int, norm_name: str | tuple | None, act_name: str | tuple, dropout: float
 ) -> nn.Module:
     """The decoder's shape-preserving convolution after a skip is added, in the family of ``block_type``:
     one 3x3x3 convolution with norm and activation (``"residual"``) or one ``DecomposedConvBlock``
     (``"decomposed"``, 6x fewer multiply-adds at 32 channels, 12x at 64)."""
-    if block_type == "residual":
+    if block_type == "residual" and norm_name is not None:
         return Convolution(3, channels, channels, kernel_size=3, norm=norm_name, act=act_name, dropout=dropout)
     return make_block(block_type, channels, norm_name, act_name, dropout)
 

@@ -110,6 +110,7 @@ class SparseToDenseDecoder(nn.Module):
         refinement runs here, in the kept cells.
     block_type: the family of those blocks and of every step's fuse (``make_fuse``).
     halo: context positions read around each kept cell (``KeptCellUpBlock``).
+    kept_cell_norm: whether the kept cells' blocks normalise (``norm_name``, computed on each cell's crop).
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class SparseToDenseDecoder(nn.Module):
         first_level_depth: int = 1,
         block_type: str = "residual",
         halo: int = 1,
+        kept_cell_norm: bool = True,
     ) -> None:
         super().__init__()
         if refinement not in REFINEMENT_MODES:
@@ -138,8 +140,8 @@ class SparseToDenseDecoder(nn.Module):
         self.kept_cell_step: Optional[KeptCellUpBlock] = None
         if refinement == "kept":
             self.kept_cell_step = KeptCellUpBlock(
-                level_channels[1], level_channels[0], grids[0], first_level_depth, block_type, norm_name, act_name,
-                dropout, halo,
+                level_channels[1], level_channels[0], grids[0], first_level_depth, block_type,
+                norm_name if kept_cell_norm else None, act_name, dropout, halo,
             )
 
     def forward(

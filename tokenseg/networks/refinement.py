@@ -122,7 +122,7 @@ class KeptCellUpBlock(nn.Module):
         out_channels: C_1.
         grid: the first level's cell grid (N_1 cells).
         depth: encoder blocks of the first level.
-        block_type, norm_name, act_name, dropout: as the encoder's.
+        block_type, norm_name, act_name, dropout: as the encoder's (``norm_name`` ``None``: no norm).
         halo: context voxels read around each kept cell: with 1 the first convolution sees the true
             neighbours of the cell's border; the later ones see the halo's own (zero-padded) results.
     """
@@ -134,7 +134,7 @@ class KeptCellUpBlock(nn.Module):
         grid: Sequence[int],
         depth: int,
         block_type: str,
-        norm_name: str | tuple,
+        norm_name: str | tuple | None,
         act_name: str | tuple,
         dropout: float,
         halo: int = 1,

@@ -121,6 +121,11 @@ class TokenSeg(nn.Module):
             1 is a 6^3 crop: 3.4x its work), so the default reads none and each
             kept cell is refined from its own positions, its context coming
             from the dense coarser path added to it.
+        refinement_norm: whether the kept first-level cells' blocks normalise
+            (``norm_name``). Instance norm there is computed on each cell's
+            crop alone, so a background cell's noise is scaled up to a
+            lesion's contrast; ``False`` leaves those blocks without norm
+            (decomposed blocks only).
         skip_type: ``"plain"`` (the encoder's features are the decoder's
             skips) or ``"dca"``: Dual Cross-Attention over the skip levels
             (``DualCrossAttention``, Ates et al. 2023).
@@ -171,6 +176,7 @@ class TokenSeg(nn.Module):
         selection: str = "soft_topk",
         refinement: str = "kept",
         refinement_halo: int = 0,
+        refinement_norm: bool = True,
         skip_type: str = "plain",
         token_completion: str = "none",
         gumbel_tau: float = 1.0,
@@ -247,7 +253,7 @@ class TokenSeg(nn.Module):
             self.skip_attention = DualCrossAttention(widths[:-1], norm_name, act_name)
         self.decoder = SparseToDenseDecoder(
             widths, self.grids, token_dim, norm_name, act_name, dropout, refinement, depths[0], block_type,
-            refinement_halo,
+            refinement_halo, refinement_norm,
         )
         # Like MONAI's UNet, the only full-resolution layer makes the logits: a
         # C-channel full-resolution feature map would cost more time and
