@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from monailabel.datastore.local import LocalDatastore
 
 APP = Path(__file__).resolve().parents[1] / "monailabel_app"
@@ -14,7 +15,7 @@ APP = Path(__file__).resolve().parents[1] / "monailabel_app"
 
 def test_the_unsure_image_least_like_the_labelled_ones_is_served(tmp_path):
     sys.path.insert(0, str(APP))
-    from lib.activelearning.diversity import UncertaintyWithDiversity, novelty
+    from lib.activelearning.diversity import UncertaintyWithDiversity, novelty, standardised
 
     studies = tmp_path / "studies"
     studies.mkdir()
@@ -35,8 +36,12 @@ def test_the_unsure_image_least_like_the_labelled_ones_is_served(tmp_path):
     request = {"strategy": "diverse"}
 
     answer = strategy(request, datastore)
-    assert answer["id"] == "other" and answer["novelty"] == 1.0  # orthogonal to the labelled image
-    assert novelty(np.array([2.0, 0.1]), np.array([[1.0, 0.0]])) < 0.01
+    # standardised over the four images, "other" points away from "labelled", "twin" nearly along it
+    assert answer["id"] == "other" and answer["novelty"] > 1.5
+    features = standardised(np.array(list(embeddings.values())))
+    assert novelty(features[1], features[:1]) < 0.25
+    assert novelty(features[2], features[:1]) == pytest.approx(answer["novelty"])
+    assert np.allclose(features.mean(axis=0), 0) and np.allclose(features.std(axis=0), 1)
     # once "other" is labelled, the most unsure of the rest is measured against both labelled images
     datastore.save_label("other", str(label), "final", {})
     assert strategy(request, datastore)["id"] == "twin"

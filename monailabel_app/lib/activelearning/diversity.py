@@ -4,9 +4,12 @@ Two unsure images that look alike teach the model the same thing; labelling
 both spends a label on nothing new. ``UncertaintyWithDiversity`` serves the
 unlabelled image of highest ``uncertainty x novelty``, where novelty is the
 cosine distance of the image's embedding to the nearest labelled image's
-(``tokenseg_embedding``, stored by the scoring for every image). The
-labelled set is read at each request, so the second image asked for in a
-round is measured against the first once its label is saved.
+(``tokenseg_embedding``, stored by the scoring for every image). Each
+feature is first centred and scaled over the images: what every image of a
+cohort shares (the same anatomy, the same scanner) dominates the raw
+features and would make every pair look alike. The labelled set is read at
+each request, so the second image asked for in a round is measured against
+the first once its label is saved.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from lib.activelearning.uncertainty import timestamp_key
 
 logger = logging.getLogger(__name__)
+
+
+def standardised(embeddings: np.ndarray) -> np.ndarray:
+    """(I, E) embeddings with each feature centred and scaled to unit spread over the I images."""
+    return (embeddings - embeddings.mean(axis=0)) / (embeddings.std(axis=0) + 1e-8)
 
 
 def novelty(candidate: np.ndarray, labelled: np.ndarray) -> float:
@@ -52,13 +60,14 @@ class UncertaintyWithDiversity(Strategy):
         # embeddings are comparable only when one checkpoint made them all: the newest
         stamp = timestamp_key(self.embedding_key)
         newest = max((info.get(stamp, -1) for info in infos.values()), default=-1)
-        embedded = {i for i, info in infos.items() if self.embedding_key in info and info.get(stamp) == newest}
-        labelled = np.array([infos[i][self.embedding_key] for i in datastore.get_labeled_images(label_tag, labels)
-                             if i in embedded])
+        embedded = sorted(i for i, info in infos.items() if self.embedding_key in info and info.get(stamp) == newest)
+        features = dict(zip(embedded, standardised(np.array([infos[i][self.embedding_key] for i in embedded]))
+                            if embedded else []))
+        labelled = np.array([features[i] for i in datastore.get_labeled_images(label_tag, labels) if i in features])
         ranked = []
         for image in unlabelled:
             score = float(infos[image].get(self.score_key, 0.0))
-            distance = novelty(np.asarray(infos[image][self.embedding_key]), labelled) if image in embedded else 0.0
+            distance = novelty(features[image], labelled) if image in features else 0.0
             ranked.append((score * distance, distance, image))  # ties (an untrained model scores 0): most novel
         value, distance, image = max(ranked)
         logger.info(f"{request.get('strategy')}: {image}: {self.score_key} x novelty = {value:.5f} "
