@@ -89,10 +89,7 @@ def image_embedding(
     per_window: List[torch.Tensor] = []
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        x = window
-        for stage in network.encoder:
-            x = stage(x)
-        per_window.append(x.float().mean(dim=(2, 3, 4)))
+        per_window.append(network.encode(window)[-1].float().mean(dim=(2, 3, 4)))
         return window.new_zeros(window.shape[0], 1, *window.shape[2:])  # nothing to stitch
 
     _sliding_window_in_eval(network, image, roi_size, sw_batch_size, predictor, overlap)

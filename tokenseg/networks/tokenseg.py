@@ -292,6 +292,14 @@ class TokenSeg(nn.Module):
                     f"level {level} (built for img_size {self.img_size}); level {level} has only {level_size} positions."
                 )
 
+    def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """x: (B, in_channels, D, H, W) -> the encoder levels' features, finest first: (B, widths[l], D / 2^(l+1), ...)."""
+        features: List[torch.Tensor] = []
+        for stage in self.encoder:
+            x = stage(x)
+            features.append(x)
+        return features
+
     def forward_tokens(self, x: torch.Tensor) -> TokenSegOutput:
         """x: (B, in_channels, D, H, W) -> ``TokenSegOutput`` (logits and the token path's results)."""
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
@@ -304,11 +312,7 @@ class TokenSeg(nn.Module):
             selection_bonus = self.click_score_bonus * clicked
             # more clicked cells than K (a click marks a cell on every level): K grows so that every one stays kept
             num_kept = max(num_kept, int(clicked.sum(dim=1).max().item()))
-        features: List[torch.Tensor] = []
-        for stage in self.encoder:
-            x = stage(x)
-            features.append(x)
-
+        features = self.encode(x)
         tokenized = self.tokenizer(features)
         kept_indices, keep_mask = select_tokens(
             tokenized.scores.float() + selection_bonus,
