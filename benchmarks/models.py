@@ -46,8 +46,12 @@ MODELS: dict[str, Builder] = {
     "tokenseg_narrow": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, widths=(16, 32, 64, 128)),
     "tokenseg_dca": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, skip_type="dca"),
     "tokenseg_mta": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, token_completion="mta"),
+    "tokenseg_batch_norm": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, norm_name="batch"),
     "unet": lambda i, o, s, sp: UNet(
         3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
+    ),
+    "unet_instance_norm": lambda i, o, s, sp: UNet(
+        3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="instance"
     ),
     "segresnet": lambda i, o, s, sp: SegResNet(3, init_filters=8, in_channels=i, out_channels=o),
     "unetr": lambda i, o, s, sp: UNETR(i, o, img_size=s, feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12),
@@ -81,7 +85,9 @@ MODEL_SETTINGS: dict[str, str] = {
     "tokenseg_narrow": "TokenSeg defaults with the widths of TokenSeg 0.3, 16/32/64/128",
     "tokenseg_dca": "TokenSeg defaults with Dual Cross-Attention on the skips (skip_type='dca')",
     "tokenseg_mta": "TokenSeg defaults with Multi-layer Token Assembly (token_completion='mta')",
+    "tokenseg_batch_norm": "TokenSeg defaults with batch norm instead of instance norm (norm_name='batch')",
     "unet": "UNet channels 16..256, strides 2, 2 residual units, batch norm (spleen_ct_segmentation)",
+    "unet_instance_norm": "UNet as above with instance norm instead of batch norm",
     "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",
     "unetr": "UNETR feature_size 16, hidden 768, 12 heads, patch 16",
     "swinunetr": "SwinUNETR feature_size 48, window 7",
