@@ -46,7 +46,7 @@ MODELS: dict[str, Builder] = {
     "tokenseg_narrow": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, widths=(16, 32, 64, 128)),
     "tokenseg_dca": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, skip_type="dca"),
     "tokenseg_mta": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, token_completion="mta"),
-    "tokenseg_batch_norm": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, norm_name="batch"),
+    "tokenseg_instance_norm": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, norm_name="instance"),
     "unet": lambda i, o, s, sp: UNet(
         3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
     ),
@@ -85,7 +85,7 @@ MODEL_SETTINGS: dict[str, str] = {
     "tokenseg_narrow": "TokenSeg defaults with the widths of TokenSeg 0.3, 16/32/64/128",
     "tokenseg_dca": "TokenSeg defaults with Dual Cross-Attention on the skips (skip_type='dca')",
     "tokenseg_mta": "TokenSeg defaults with Multi-layer Token Assembly (token_completion='mta')",
-    "tokenseg_batch_norm": "TokenSeg defaults with batch norm instead of instance norm (norm_name='batch')",
+    "tokenseg_instance_norm": "TokenSeg 0.9's default: the defaults with instance norm (norm_name='instance')",
     "unet": "UNet channels 16..256, strides 2, 2 residual units, batch norm (spleen_ct_segmentation)",
     "unet_instance_norm": "UNet as above with instance norm instead of batch norm",
     "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",

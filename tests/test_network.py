@@ -18,6 +18,7 @@ from tokenseg.networks import TokenSeg, TokenSegOutput
 from tokenseg.networks.cells import expand_cells
 from tokenseg.networks.refinement import gather_cells, kept_cells, paste_cells
 from tokenseg.networks.selection import select_tokens
+from tokenseg.uncertainty import dropout_sampling
 
 from conftest import tiny_tokenseg
 
@@ -184,16 +185,25 @@ def test_scores_get_gradient_through_the_straight_through_mask():
     assert grad.abs().sum() > 0
 
 
-def test_train_mode_forward_without_gradients_changes_nothing():
+def test_train_mode_forward_without_gradients_returns_logits():
     # MONAI Label's epistemic scoring samples dropout with network.train() under no_grad
+    net = tiny_tokenseg(dropout=0.2).train()
+    with torch.no_grad():
+        logits = net(torch.randn(2, 1, 32, 32, 32))
+    assert logits.shape == (2, 2, 32, 32, 32)  # logits, not the training output
+
+
+def test_dropout_sampling_samples_and_changes_nothing():
     net = tiny_tokenseg(dropout=0.2)
     TokenSegLoss(net.grids)(net(torch.randn(1, 1, 32, 32, 32)), torch.zeros(1, 1, 32, 32, 32))  # codebook initialised
     before = {name: t.clone() for name, t in net.state_dict().items()}
-    net.train()
+    x = torch.randn(2, 1, 32, 32, 32)
     with torch.no_grad():
-        logits = net(torch.randn(2, 1, 32, 32, 32))
-        net.forward_tokens(torch.randn(2, 1, 32, 32, 32))
-    assert logits.shape == (2, 2, 32, 32, 32)  # logits, not the training output
+        first, second = dropout_sampling(net)(x), net(x)
+        net.forward_tokens(x)
+    assert not torch.equal(first, second)  # dropout samples ...
+    assert not any(m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    # ... while batch norm keeps its trained statistics: nothing of the network changes
     changed = [name for name, t in net.state_dict().items() if not torch.equal(t, before[name])]
     assert changed == []
 
@@ -303,16 +313,15 @@ def test_decomposed_blocks_and_dropout(dropout):
     net.eval()
     with torch.no_grad():
         assert torch.equal(net(x), net(x))
-    # training mode with deterministic top-K: only dropout can make two passes differ
-    net.train()
+    # only dropout can make two passes differ
     with torch.no_grad():
-        differ = not torch.equal(net(x), net(x))
+        differ = not torch.equal(dropout_sampling(net)(x), net(x))
     assert differ == (dropout > 0)  # what MONAI Label's epistemic scoring relies on
 
 
 def test_kept_cells_without_norm_leave_the_rest_normalised():
     net = tiny_tokenseg(block_type="decomposed", refinement_norm=False, img_size=(64, 64, 32))
-    norms = lambda module: sum(isinstance(m, torch.nn.InstanceNorm3d) for m in module.modules())  # noqa: E731
+    norms = lambda module: sum(isinstance(m, torch.nn.BatchNorm3d) for m in module.modules())  # noqa: E731
     assert norms(net.decoder.kept_cell_step) == 0
     assert norms(net.encoder) > 0 and norms(net.decoder.up_blocks) > 0
     assert norms(tiny_tokenseg(block_type="decomposed", img_size=(64, 64, 32)).decoder.kept_cell_step) > 0

@@ -13,6 +13,11 @@ lesions the model half-sees, so an image the model is sure is empty scores
 nothing however unsure its boundaries, and a small unsure lesion is not
 diluted by a large image.
 
+``dropout_sampling``: puts a network in evaluation mode but for its dropout,
+for Monte Carlo dropout (MONAI Label's epistemic scoring runs its infer task
+"in train mode"): batch norm then keeps its learned statistics instead of
+taking, and storing, those of the window being scored.
+
 ``image_embedding``: not a score but what diversity is measured on: the
 deepest encoder level's features averaged over the image, so that a strategy
 can prefer an unsure image unlike those already labelled.
@@ -29,7 +34,16 @@ from monai.inferers import sliding_window_inference
 from tokenseg.networks import TokenSeg
 from tokenseg.networks.cells import expand_cells
 
-__all__ = ["kept_cell_mask", "boundary_token_entropy", "uncertain_volume", "image_embedding"]
+__all__ = ["dropout_sampling", "kept_cell_mask", "boundary_token_entropy", "uncertain_volume", "image_embedding"]
+
+
+def dropout_sampling(network: torch.nn.Module) -> torch.nn.Module:
+    """``network`` in evaluation mode except its dropout layers, which sample; returned for chaining."""
+    network.eval()
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.train()
+    return network
 
 
 def kept_cell_mask(network: TokenSeg, keep_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

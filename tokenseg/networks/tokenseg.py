@@ -122,10 +122,9 @@ class TokenSeg(nn.Module):
             kept cell is refined from its own positions, its context coming
             from the dense coarser path added to it.
         refinement_norm: whether the kept first-level cells' blocks normalise
-            (``norm_name``). Instance norm there is computed on each cell's
-            crop alone, so a background cell's noise is scaled up to a
-            lesion's contrast; ``False`` leaves those blocks without norm
-            (decomposed blocks only).
+            (``norm_name``); ``False`` leaves those blocks without norm
+            (decomposed blocks only). With instance norm this matters: it is
+            computed on each cell's crop alone.
         skip_type: ``"plain"`` (the encoder's features are the decoder's
             skips) or ``"dca"``: Dual Cross-Attention over the skip levels
             (``DualCrossAttention``, Ates et al. 2023).
@@ -137,7 +136,12 @@ class TokenSeg(nn.Module):
         gumbel_tau: temperature of the soft top-K.
         mixer_depth: transformer blocks over the kept tokens.
         mixer_heads: attention heads in the mixer.
-        norm_name: MONAI norm name.
+        norm_name: MONAI norm name. Batch norm (MONAI UNet's in the model
+            zoo's bundles): instance norm rescales every sliding window (and
+            every kept cell's crop) to its own statistics, so in a window
+            without the target the strongest noise looks like one; on the
+            small-target set it scattered false positives and cost 8 points of
+            Dice (UNet with instance norm loses as much; ``docs/benchmarks.md``).
         act_name: MONAI activation name.
         dropout: dropout rate used throughout (MONAI Label's epistemic scoring sets it).
         guidance_channels: the interactive model: the last ``guidance_channels``
@@ -182,7 +186,7 @@ class TokenSeg(nn.Module):
         gumbel_tau: float = 1.0,
         mixer_depth: int = 2,
         mixer_heads: int = 8,
-        norm_name: str | tuple = "instance",
+        norm_name: str | tuple = "batch",
         act_name: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         dropout: float = 0.0,
         guidance_channels: int = 0,

@@ -23,6 +23,7 @@ from monailabel.transform.post import Restored
 
 from tokenseg.bundle_task import BUNDLE_MODELS
 from tokenseg.data.checks import read_image_info
+from tokenseg.uncertainty import dropout_sampling
 
 # A 3D network needs a volume: fewer voxels than this along an axis is a slice or a thin slab.
 MIN_VOXELS_PER_AXIS = 4
@@ -54,6 +55,11 @@ class BundleModel(BundleInferTask):
         # the mask must go back to the image's own grid, or a DICOM SEG made from it is silently wrong
         if not isinstance(self.post_transforms()[-1], Restored):
             raise RuntimeError("the inference post-transforms must end with Restored(keys='pred', ref_image='image').")
+
+    def _get_network(self, device, data):
+        network = super()._get_network(device, data)
+        # MONAI Label's "train mode" is for dropout sampling: batch norm must keep the trained statistics
+        return dropout_sampling(network) if self.train_mode else network
 
     def _load_bundle_config(self, path, config):
         return super()._load_bundle_config(path, [os.path.join(path, "configs", c) for c in self.configs])
