@@ -66,7 +66,7 @@ MODELS: dict[str, Builder] = {
 
 MODEL_SETTINGS: dict[str, str] = {
     "tokenseg": "TokenSeg defaults: widths 32/64/128/256, decomposed blocks, 400 candidate tokens of 128 on grids of "
-    "256/96/32/16 cells, K=100, codebook 512, first level refined in the kept cells only (no halo)",
+    "256/96/32/16 cells, K=100, codebook 512, first level refined in the kept cells only (no halo), batch norm",
     "tokenseg_dense": "TokenSeg defaults with selection='all' and refinement='dense' (K = N, every cell refined: "
     "the dense ablation)",
     "tokenseg_dense_refinement": "TokenSeg defaults with refinement='dense' (K = 100 tokens, the first level convolved "
