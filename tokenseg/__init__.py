@@ -1,6 +1,6 @@
 """TokenSeg: boundary-aware sparse token 3D medical image segmentation for MONAI."""
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 # Submodules are imported so that bundle configs can write `tokenseg.data.datalist.load_datalist(...)`
 # after a plain `import tokenseg`.

@@ -80,7 +80,7 @@ class DecomposedConvBlock(nn.Module):
         channels: int,
         kernel_size: int = 7,
         mlp_ratio: float = 2.0,
-        norm_name: str | tuple | None = "instance",
+        norm_name: str | tuple | None = "batch",
         act_name: str | tuple = "gelu",
         dropout: float = 0.0,
     ) -> None:

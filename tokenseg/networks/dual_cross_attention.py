@@ -138,7 +138,7 @@ class DualCrossAttention(nn.Module):
     def __init__(
         self,
         level_channels: Sequence[int],
-        norm_name: str | tuple = "instance",
+        norm_name: str | tuple = "batch",
         act_name: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
     ) -> None:
         super().__init__()
