@@ -140,8 +140,8 @@ class TokenSeg(nn.Module):
             zoo's bundles): instance norm rescales every sliding window (and
             every kept cell's crop) to its own statistics, so in a window
             without the target the strongest noise looks like one; on the
-            small-target set it scattered false positives and cost 8 points of
-            Dice (UNet with instance norm loses as much; ``docs/benchmarks.md``).
+            small-target set it scattered false positives and cost 6 points of
+            Dice (UNet with instance norm loses 3; ``docs/benchmarks.md``).
         act_name: MONAI activation name.
         dropout: dropout rate used throughout (MONAI Label's epistemic scoring sets it).
         guidance_channels: the interactive model: the last ``guidance_channels``
