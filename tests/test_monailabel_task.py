@@ -236,3 +236,27 @@ def test_early_stopping_ends_a_retraining_on_the_stable_validation_cases(tmp_pat
         epochs[patience] = trainer.stats()["epoch"]
     # the first validation sets the best; the second does not beat it by 1, and patience 1 stops there
     assert epochs == {0: 5, 1: 2}, epochs
+
+
+def test_dropout_scoring_samples_dropout_and_keeps_the_batch_norm_statistics():
+    """MONAI Label's epistemic scoring runs the infer task "in train mode": only dropout may sample."""
+    sys.path.insert(0, str(APP))
+    from monailabel.interfaces.tasks.infer_v2 import InferType
+    from monailabel.tasks.infer.bundle import BundleConstants
+
+    from tokenseg.bundle_task import BUNDLE_MODELS
+
+    from lib.infers.tokenseg import BundleModel
+
+    model = BundleModel(str(BUNDLE), {}, BundleConstants(), InferType.SEGMENTATION, BUNDLE_MODELS["model.pt"],
+                        train_mode=True, skip_writer=True, dropout=0.2)
+    network = model._get_network("cpu", None)
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    statistics = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    image = torch.randn(1, 3, 64, 64, 32) * 3 + 1  # not the training data's statistics
+    with torch.no_grad():
+        first, second = network(image), network(image)
+    assert norms and not any(m.training for m in norms)
+    assert not torch.equal(first, second)  # the samples differ: dropout is on
+    for (mean, var), norm in zip(statistics, norms):
+        assert torch.equal(mean, norm.running_mean) and torch.equal(var, norm.running_var)
