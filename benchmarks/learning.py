@@ -104,13 +104,15 @@ def _first_step(curve: Sequence[Sequence[float]], threshold: float) -> int | Non
 
 
 def summarise(results: dict[str, dict[str, list]]) -> str:
-    """Markdown table: mean and s.d. of Dice at each evaluated step, and steps to 0.5 and 0.8 per seed."""
+    """Markdown table: mean and sample s.d. of Dice at each evaluated step, and steps to 0.5 and 0.8 per seed."""
     steps = [step for step, _ in next(iter(next(iter(results.values())).values()))]  # of the first curve
     lines = ["| model | " + " | ".join(f"step {s}" for s in steps) + " | steps to 0.5 | steps to 0.8 |",
              "|---" * (len(steps) + 3) + "|"]
     for model, seeds in results.items():
         dice = np.array([[d for _, d in curve] for curve in seeds.values()])
-        cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(dice.mean(0), dice.std(0))]
+        # the sample standard deviation, as every other benchmark reports it (0 for one seed)
+        spread = dice.std(0, ddof=1) if len(dice) > 1 else np.zeros(dice.shape[1])
+        cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(dice.mean(0), spread)]
         reach = [", ".join(str(_first_step(c, t) or "-") for c in seeds.values()) for t in (0.5, 0.8)]
         lines.append(f"| {model} | " + " | ".join(cells + reach) + " |")
     return "\n".join(lines)

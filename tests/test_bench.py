@@ -202,3 +202,11 @@ def test_cost_model_of_the_shipped_model_on_the_demo_test_windows(tmp_path):
     assert report["gflops_by_part"]["total"] <= report["unet_gflops"]
     assert report["large_gflops_by_part"]["total"] <= report["large_unet_gflops"]
     assert any(line.startswith("| TokenSeg / UNet |") for line in cost_table([report]))
+
+
+def test_learning_summary_gives_the_sample_standard_deviation():
+    from benchmarks.learning import summarise
+
+    two_seeds = {"unet": {"0": [[50, 0.1], [100, 0.5]], "1": [[50, 0.3], [100, 0.7]]}}
+    assert "| unet | 0.200 ± 0.141 | 0.600 ± 0.141 | 100, 100 | -, - |" in summarise(two_seeds)
+    assert "| unet | 0.100 ± 0.000 | 0.500 ± 0.000 | 100 | - |" in summarise({"unet": {"0": [[50, 0.1], [100, 0.5]]}})
