@@ -25,15 +25,25 @@ import torch
 from benchmarks.measure import forward_gflops, module_gflops
 from tokenseg.networks import TokenSeg
 
-__all__ = ["kept_first_level", "gflops_with_kept_first_level", "module_gflops_with_kept_first_level", "main"]
+__all__ = ["most_kept_first_level", "kept_first_level", "gflops_with_kept_first_level", "module_gflops_with_kept_first_level", "main"]
+
+
+def most_kept_first_level(network: TokenSeg) -> int:
+    """The most first-level cells ``network`` refines without clicks: its K_1 with K per level, else min(K, N_1)."""
+    if network.kept_per_level:
+        return network.kept_per_level[0]
+    return min(network.num_kept_tokens, network.decoder.cells_per_level[0])
 
 
 @contextlib.contextmanager
 def kept_first_level(network: TokenSeg, batch: int, kept: int) -> Iterator[None]:
     """While open, ``network`` keeps ``kept`` first-level cells and ``K - kept`` coarser ones (a forward hook
-    puts the top scores there), whatever its scorer says."""
+    puts the top scores there), whatever its scorer says. A network with K per level always keeps its K_1."""
     first_level = network.decoder.cells_per_level[0]
     coarser = network.num_kept_tokens - kept
+    if network.kept_per_level and kept != network.kept_per_level[0]:
+        raise ValueError(f"a network with K per level {network.kept_per_level} keeps {network.kept_per_level[0]} "
+                         f"first-level cells, not {kept}.")
     if not 0 <= kept <= min(first_level, network.num_kept_tokens) or coarser > network.num_tokens - first_level:
         raise ValueError(f"cannot keep {kept} first-level cells of {first_level} with K = {network.num_kept_tokens}.")
     scores = torch.full((batch, network.num_tokens, 1), -10.0)

@@ -47,6 +47,7 @@ MODELS: dict[str, Builder] = {
     "tokenseg_dca": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, skip_type="dca"),
     "tokenseg_mta": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, token_completion="mta"),
     "tokenseg_instance_norm": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, norm_name="instance"),
+    "tokenseg_level_k": lambda i, o, s, sp: TokenSeg(i, o, img_size=s, num_kept_tokens=(20, 44, 20, 16)),
     "unet": lambda i, o, s, sp: UNet(
         3, i, o, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
     ),
@@ -86,6 +87,8 @@ MODEL_SETTINGS: dict[str, str] = {
     "tokenseg_dca": "TokenSeg defaults with Dual Cross-Attention on the skips (skip_type='dca')",
     "tokenseg_mta": "TokenSeg defaults with Multi-layer Token Assembly (token_completion='mta')",
     "tokenseg_instance_norm": "TokenSeg 0.9's default: the defaults with instance norm (norm_name='instance')",
+    "tokenseg_level_k": "TokenSeg defaults keeping K per level, (20, 44, 20, 16) of the (256, 96, 32, 16) "
+    "candidates, instead of the 100 best of all 400",
     "unet": "UNet channels 16..256, strides 2, 2 residual units, batch norm (spleen_ct_segmentation)",
     "unet_instance_norm": "UNet as above with instance norm instead of batch norm",
     "segresnet": "SegResNet init_filters 8, blocks_down 1/2/2/4",

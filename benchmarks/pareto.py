@@ -8,9 +8,10 @@ test Dice on one dataset at one budget; models from several files (of one
 dataset) are plotted together, a model named in several taken from the first,
 each labelled with its file's budget when the budgets differ. The x axis is the
 GFLOPs of one forward pass at the file's patch with the dataset's input
-channels (PyTorch's FLOP counter); a TokenSeg model is counted with all
-K = 100 kept tokens on the first level, its most expensive case (trained, it
-keeps fewer there: ``benchmarks/kept_compute.py``). With ``--bench`` (the
+channels (PyTorch's FLOP counter); a TokenSeg model is counted with the most
+first-level cells it can keep, its most expensive case: all K = 100 kept
+tokens there when it ranks all levels together (trained, it keeps fewer:
+``benchmarks/kept_compute.py``), its K_1 with K per level. With ``--bench`` (the
 JSON of ``benchmarks/cost.py`` at the same patch) a second panel puts the
 training step's peak memory on the x axis. A point is on the front when no
 other point has at most its cost and at least its Dice.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kept_flops import gflops_with_kept_first_level
+from benchmarks.kept_flops import gflops_with_kept_first_level, most_kept_first_level
 from benchmarks.measure import forward_gflops
 from benchmarks.models import build_model
 from tokenseg.networks import TokenSeg
@@ -47,7 +48,7 @@ def window_gflops(model: str, in_channels: int, patch: list[int]) -> float:
     network = build_model(model, in_channels, 2, patch)
     x = torch.zeros(1, in_channels, *patch)
     if isinstance(network, TokenSeg):
-        return gflops_with_kept_first_level(network, x, min(network.num_kept_tokens, network.decoder.cells_per_level[0]))
+        return gflops_with_kept_first_level(network, x, most_kept_first_level(network))
     return forward_gflops(network, x)
 
 

@@ -291,8 +291,10 @@ def test_click_refinement_after_a_checkpoint_reload_uses_only_the_new_weights():
         assert inferer.last_region is None and torch.equal(refined, full_pass(new))
 
 
-def test_thirty_clicks_keep_every_clicked_cell_past_k():
-    net = tiny_tokenseg(in_channels=3, img_size=(64, 64, 32), guidance_channels=2).eval()
+@pytest.mark.parametrize("num_kept_tokens", [100, (20, 44, 20, 16)])
+def test_thirty_clicks_keep_every_clicked_cell_past_k(num_kept_tokens):
+    net = tiny_tokenseg(in_channels=3, img_size=(64, 64, 32), guidance_channels=2,
+                        num_kept_tokens=num_kept_tokens).eval()
     rng = np.random.RandomState(0)
     # clicks on cell corners (every 8 voxels: the first level's cells here), as an annotator's clicks often fall
     corners = [[x, y, z] for x in range(8, 64, 8) for y in range(8, 64, 8) for z in range(8, 32, 8)]
@@ -307,9 +309,13 @@ def test_thirty_clicks_keep_every_clicked_cell_past_k():
     with torch.no_grad():
         out = net.forward_tokens(x)
         scripted = torch.jit.script(net).forward_tokens(x)
+    level_sizes = [g[0] * g[1] * g[2] for g in net.grids]
+    # K grew to hold them: K = 100 to the clicked cells, or each level's K_l to its clicked cells
+    grown = [int(marked.sum())] if net.kept_per_level == [] else [
+        max(k, int(m.sum())) for k, m in zip(net.kept_per_level, marked.split(level_sizes, dim=1))]
     for result in (out, scripted):
         assert bool((result.keep_mask[marked > 0] == 1).all())  # every clicked cell kept
-        assert result.kept_indices.shape[1] == int(marked.sum())  # K grew to hold them
+        assert result.kept_indices.shape[1] == sum(grown)
     few = _guidance_input()  # two clicks: K stays as trained
     with torch.no_grad():
         assert net.forward_tokens(few).kept_indices.shape[1] == net.num_kept_tokens

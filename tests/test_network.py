@@ -92,6 +92,44 @@ def test_exactly_k_tokens_kept_per_sample(selection):
         assert (out.keep_mask.detach().sum(dim=1) == 50).all()
 
 
+@pytest.mark.parametrize("selection", ["soft_topk", "topk", "random"])
+def test_k_per_level_keeps_each_levels_count(selection):
+    # the tiny network at 32^3 has 256, 96, 32 and 8 candidates; the first level keeps exactly 6 of its 256
+    net = tiny_tokenseg(selection=selection, num_kept_tokens=(6, 10, 4, 0))
+    assert net.num_kept_tokens == 20
+    x = torch.randn(2, 1, 32, 32, 32)
+    for training in (True, False):
+        net.train(training)
+        out = net.forward_tokens(x)
+        levels = net.token_cells[out.kept_indices][..., 0]  # (B, K)
+        assert [(levels == level).sum(dim=1).tolist() for level in (1, 2, 3, 4)] == [[6, 6], [10, 10], [4, 4], [0, 0]]
+        assert (out.keep_mask.detach().sum(dim=1) == 20).all()
+        assert (out.kept_indices.diff(dim=1) > 0).all()  # ascending, as the decoder expects
+    # each level keeps its best-scored cells: the first level's 6 are its 6 highest scores in evaluation
+    out = net.eval().forward_tokens(x)
+    if selection != "random":
+        best = out.scores[:, :256].topk(6, dim=1).indices.sort(dim=1).values
+        assert torch.equal(out.kept_indices[:, :6], best)
+    # the soft top-K gradient reaches every level's scores in training
+    out = tiny_tokenseg(num_kept_tokens=(6, 10, 4, 0)).train()(x)
+    grad = torch.autograd.grad(out["logits"].square().mean(), out["scores"])[0]
+    assert all(g.abs().sum() > 0 for g in grad.split([256, 96, 32, 8], dim=1)[:3])  # level 4 keeps none
+
+
+def test_k_per_level_scripts():
+    net = tiny_tokenseg(in_channels=3, img_size=(64, 64, 32), num_kept_tokens=(20, 44, 20, 16)).eval()
+    x = torch.randn(1, 3, 64, 64, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("kept, match", [((6, 10, 4), "4 counts"), ((300, 10, 4, 0), r"\[256, 96, 32, 8\]"),
+                                         ((0, 0, 0, 0), "K = ")])
+def test_bad_k_per_level_raises(kept, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_tokenseg(num_kept_tokens=kept)
+
+
 def test_dense_ablation_keeps_every_token():
     net = tiny_tokenseg(selection="all")
     assert net.num_kept_tokens == net.num_tokens

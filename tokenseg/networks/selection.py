@@ -12,6 +12,10 @@ Modes (``SELECTION_MODES``):
   fixed ``eval_noise`` decides, so that inference stays deterministic.
 - ``"all"``: every token kept (K = N, the dense ablation).
 
+``select_tokens`` ranks all N candidates together, so how many of the K
+kept fall on each level is the scores' choice; ``select_tokens_per_level``
+keeps a fixed K_l of each level's candidates instead.
+
 Selection runs in float32 whatever the scores' dtype: under autocast they
 are float16 or bfloat16, where the Gumbel clamp rounds to 0 (log(0) = -inf)
 and ties between near-equal scores change K.
@@ -19,11 +23,11 @@ and ties between near-equal scores change K.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
-__all__ = ["SELECTION_MODES", "select_tokens"]
+__all__ = ["SELECTION_MODES", "select_tokens", "select_tokens_per_level"]
 
 SELECTION_MODES = ("soft_topk", "topk", "random", "all")
 
@@ -78,3 +82,42 @@ def select_tokens(
     threshold = 0.5 * (top.values[:, k - 1] + top.values[:, k]).detach()
     soft = torch.sigmoid((perturbed - threshold[:, None]) / tau)
     return indices, hard + (soft - soft.detach())  # exactly `hard` in the forward pass
+
+
+def select_tokens_per_level(
+    scores: torch.Tensor,
+    ks: List[int],
+    level_sizes: List[int],
+    mode: str,
+    training: bool,
+    tau: float = 1.0,
+    eval_noise: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``select_tokens`` on each level's candidates alone: ``ks[l]`` of the ``level_sizes[l]`` candidates of level l.
+
+    Args:
+        scores: (B, N), the levels' candidates one after the other (N = sum of ``level_sizes``).
+        ks: K_l per level, each between 0 and its level's size.
+        eval_noise: (N,) as in ``select_tokens``.
+
+    Returns:
+        kept_indices: (B, sum K_l) long, ascending within each sample (levels are in token order).
+        keep_mask: (B, N) float32, as in ``select_tokens`` (its soft top-K threshold is each level's own).
+    """
+    indices: List[torch.Tensor] = []
+    masks: List[torch.Tensor] = []
+    offset = 0
+    for level_scores, k in zip(scores.split(level_sizes, dim=1), ks):
+        size = level_scores.shape[1]
+        if k == 0:
+            indices.append(torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device))
+            masks.append(torch.zeros_like(level_scores, dtype=torch.float32))
+        else:
+            level_noise: Optional[torch.Tensor] = None
+            if eval_noise is not None:
+                level_noise = eval_noise[offset : offset + size]
+            level_indices, level_mask = select_tokens(level_scores, k, mode, training, tau, level_noise)
+            indices.append(level_indices + offset)
+            masks.append(level_mask)
+        offset += size
+    return torch.cat(indices, dim=1), torch.cat(masks, dim=1)

@@ -4,9 +4,10 @@ Where the tensor changes shape, for input x (B, C_in, D, H, W) and L levels:
 
 - encoder:   x -> f_1 .. f_L, f_l (B, C_l, D/2^l, H/2^l, W/2^l)
 - tokenizer: f_l -> N candidate tokens (B, N, E) and scores (B, N)
-- selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N); with
+- selection: scores -> K kept indices (B, K) and a 0/1 keep mask (B, N), the K
+  best of all N or, with K per level, the K_l best of each level's; with
   ``guidance_channels`` (the interactive model) every cell under a click is kept,
-  K growing to the number of clicked cells when they are more
+  K (or K_l) growing to the number of clicked cells when they are more
 - mixer:     kept tokens (B, K, E) -> (B, K, E) (transformer blocks)
 - optional, ``token_completion="mta"``: kept and pruned tokens -> completed tokens (B, N, E)
 - optional, ``skip_type="dca"``: skip levels f_1 .. f_{L-1} -> same shapes (dual cross-attention)
@@ -23,8 +24,6 @@ DDP sees it, and nothing is kept on the module between calls.
 ``forward_tokens`` returns the full ``TokenSegOutput`` in any mode.
 """
 
-from __future__ import annotations
-
 import logging
 import math
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from tokenseg.networks.cells import token_grids
 from tokenseg.networks.click_cells import clicked_cells
 from tokenseg.networks.decoder import SparseToDenseDecoder
 from tokenseg.networks.dual_cross_attention import DualCrossAttention
-from tokenseg.networks.selection import SELECTION_MODES, select_tokens
+from tokenseg.networks.selection import SELECTION_MODES, select_tokens, select_tokens_per_level
 from tokenseg.networks.token_assembly import MultiLayerTokenAssembly
 from tokenseg.networks.tokenizer import BoundaryAwareTokenizer
 
@@ -102,7 +101,13 @@ class TokenSeg(nn.Module):
             place a boundary where coarse ones only say "somewhere here".
             Each count factors into a grid at 96^3, 160^3, 64x64x32 and
             64x64x16 alike, so N = 400 at all of them.
-        num_kept_tokens: K, tokens kept after scoring.
+        num_kept_tokens: K, tokens kept after scoring: an int keeps the K
+            best-scored of all N candidates, whatever their level; a sequence
+            (K_1, ..., K_L), finest first, keeps the K_l best of each level's
+            candidates (K their sum). Per level, the first level's share
+            (the kept-cell refinement's work) is a choice, not an accident of
+            the scores: ranked together, the trained default kept 68 first-level
+            cells a demo window, about 20 of which touch the boundary band.
         token_dim: token width E (128: the mixer's cost falls 4x from 256's).
         codebook_size: VQ codebook entries M (512; 4096 cost 0.84 GFLOPs of
             distances a window and fitted no better); 0 turns quantization off (an ablation).
@@ -163,6 +168,9 @@ class TokenSeg(nn.Module):
         (True, True)
     """
 
+    # a class annotation: TorchScript cannot type an empty list from its value
+    kept_per_level: List[int]  # K_l of each level; empty: the K best of all levels together
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -172,7 +180,7 @@ class TokenSeg(nn.Module):
         depths: Sequence[int] | int = 1,
         block_type: str = "decomposed",
         tokens_per_level: Sequence[int] | int = (256, 96, 32, 16),
-        num_kept_tokens: int = 100,
+        num_kept_tokens: Sequence[int] | int = 100,
         token_dim: int = 128,
         codebook_size: int = 512,
         commitment_beta: float = 0.25,
@@ -225,7 +233,21 @@ class TokenSeg(nn.Module):
                 )
         self.num_tokens = sum(math.prod(g) for g in self.grids)
         self.selection = selection
-        self.num_kept_tokens = self.num_tokens if selection == "all" else num_kept_tokens
+        cells_per_level = [math.prod(g) for g in self.grids]
+        self.kept_per_level = []
+        if isinstance(num_kept_tokens, int) or selection == "all":
+            self.num_kept_tokens = self.num_tokens if selection == "all" else int(num_kept_tokens)
+        else:
+            self.kept_per_level = [int(k) for k in num_kept_tokens]
+            if len(self.kept_per_level) != num_levels or any(
+                not 0 <= k <= n for k, n in zip(self.kept_per_level, cells_per_level)
+            ):
+                raise ValueError(
+                    f"num_kept_tokens per level must be {num_levels} counts, each between 0 and its level's "
+                    f"candidates {cells_per_level} (grids {self.grids} for img_size {self.img_size}), "
+                    f"got {tuple(num_kept_tokens)}."
+                )
+            self.num_kept_tokens = sum(self.kept_per_level)
         if not 1 <= self.num_kept_tokens <= self.num_tokens:
             raise ValueError(
                 f"num_kept_tokens (K) must be between 1 and the number of candidate tokens N = {self.num_tokens} "
@@ -310,22 +332,33 @@ class TokenSeg(nn.Module):
             self._check_input(x)
         selection_bonus = torch.zeros(1, device=x.device)
         num_kept = self.num_kept_tokens
+        kept_per_level = self.kept_per_level
         if self.keep_clicked_cells:
             guidance = x[:, x.shape[1] - self.guidance_channels :]
             clicked = clicked_cells(guidance, self.grids)  # (B, N)
             selection_bonus = self.click_score_bonus * clicked
             # more clicked cells than K (a click marks a cell on every level): K grows so that every one stays kept
             num_kept = max(num_kept, int(clicked.sum(dim=1).max().item()))
+            if len(kept_per_level) > 0:  # the same for each level's K_l
+                level_clicked = clicked.split(self.decoder.cells_per_level, dim=1)
+                kept_per_level = [max(k, int(c.sum(dim=1).max().item())) for k, c in zip(kept_per_level, level_clicked)]
         features = self.encode(x)
         tokenized = self.tokenizer(features)
-        kept_indices, keep_mask = select_tokens(
-            tokenized.scores.float() + selection_bonus,
-            num_kept,
-            self.selection,
-            self.training,
-            self.gumbel_tau,
-            self.random_eval_noise,
-        )
+        scores = tokenized.scores.float() + selection_bonus
+        if len(kept_per_level) > 0:
+            kept_indices, keep_mask = select_tokens_per_level(
+                scores,
+                kept_per_level,
+                self.decoder.cells_per_level,
+                self.selection,
+                self.training,
+                self.gumbel_tau,
+                self.random_eval_noise,
+            )
+        else:
+            kept_indices, keep_mask = select_tokens(
+                scores, num_kept, self.selection, self.training, self.gumbel_tau, self.random_eval_noise
+            )
         index = kept_indices[..., None].expand(-1, -1, tokenized.tokens.shape[-1])
         mixed = self.mixer(tokenized.tokens.gather(1, index))  # (B, K, E)
         # Kept tokens carry the mixer's output; the decoder zeroes the others with
