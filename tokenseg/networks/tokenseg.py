@@ -106,8 +106,10 @@ class TokenSeg(nn.Module):
             (K_1, ..., K_L), finest first, keeps the K_l best of each level's
             candidates (K their sum). Per level, the first level's share
             (the kept-cell refinement's work) is a choice, not an accident of
-            the scores: ranked together, the trained default kept 68 first-level
-            cells a demo window, about 20 of which touch the boundary band.
+            the scores: ranked together, the trained default keeps 61-68
+            first-level cells a demo window where about 20 touch the boundary
+            band; (20, 44, 20, 16) puts 0.61 of them on it, at 5% fewer FLOPs
+            and 0.3 points less demo Dice (``docs/benchmarks.md``, "K per level").
         token_dim: token width E (128: the mixer's cost falls 4x from 256's).
         codebook_size: VQ codebook entries M (512; 4096 cost 0.84 GFLOPs of
             distances a window and fitted no better); 0 turns quantization off (an ablation).
@@ -168,7 +170,8 @@ class TokenSeg(nn.Module):
         (True, True)
     """
 
-    # a class annotation: TorchScript cannot type an empty list from its value
+    # TorchScript cannot type an empty list from its value, and reads a class annotation only as a real
+    # type (so this module has no `from __future__ import annotations`)
     kept_per_level: List[int]  # K_l of each level; empty: the K best of all levels together
 
     def __init__(
