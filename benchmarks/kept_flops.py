@@ -25,7 +25,10 @@ import torch
 from benchmarks.measure import forward_gflops, module_gflops
 from tokenseg.networks import TokenSeg
 
-__all__ = ["most_kept_first_level", "kept_first_level", "gflops_with_kept_first_level", "module_gflops_with_kept_first_level", "main"]
+__all__ = [
+    "most_kept_first_level", "kept_first_level", "gflops_with_kept_first_level", "module_gflops_with_kept_first_level",
+    "main",
+]
 
 
 def most_kept_first_level(network: TokenSeg) -> int:
