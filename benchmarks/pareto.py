@@ -84,7 +84,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    panels = [(points, "GFLOPs per window (TokenSeg: all K kept tokens on the first level)")]
+    panels = [(points, "GFLOPs per window (TokenSeg: the most first-level cells it keeps)")]
     if memory:
         panels.append((memory, "training-step peak memory (MiB), batch 1, CPU"))
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
