@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.kept_flops import gflops_with_kept_first_level, module_gflops_with_kept_first_level
+from benchmarks.kept_flops import (
+    gflops_with_kept_first_level,
+    module_gflops_with_kept_first_level,
+    most_kept_first_level,
+)
 from benchmarks.measure import forward_gflops
 from benchmarks.models import build_model
 from tokenseg.data.synthetic import single_lesion_volume
@@ -214,6 +218,17 @@ def test_default_does_at_most_unets_work(size, in_channels):
     default = TokenSeg(in_channels, 2, img_size=size)
     unet = forward_gflops(build_model("unet", in_channels, 2, size), x)
     assert gflops_with_kept_first_level(default, x, default.num_kept_tokens) <= unet
+
+
+def test_k_per_level_costs_its_first_levels_share():
+    # FLOPs follow K_1, not K: (20, 44, 20, 16) refines 20 first-level cells, under UNet at the demo patch
+    size, x = (64, 64, 32), torch.zeros(1, 3, 64, 64, 32)
+    per_level = TokenSeg(3, 2, img_size=size, num_kept_tokens=(20, 44, 20, 16))
+    assert most_kept_first_level(per_level) == 20
+    assert most_kept_first_level(TokenSeg(3, 2, img_size=size)) == 100
+    assert gflops_with_kept_first_level(per_level, x, 20) <= forward_gflops(build_model("unet", 3, 2, size), x)
+    with pytest.raises(ValueError, match="keeps 20 first-level cells, not 100"):
+        gflops_with_kept_first_level(per_level, x, 100)
 
 
 def test_scores_get_gradient_through_the_straight_through_mask():
