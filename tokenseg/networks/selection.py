@@ -95,6 +95,9 @@ def select_tokens_per_level(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``select_tokens`` on each level's candidates alone: ``ks[l]`` of the ``level_sizes[l]`` candidates of level l.
 
+    With one level of all N candidates (``ks=[K]``, ``level_sizes=[N]``) it is ``select_tokens``: ``TokenSeg`` selects
+    through it either way.
+
     Args:
         scores: (B, N), the levels' candidates one after the other (N = sum of ``level_sizes``).
         ks: K_l per level, each between 0 and its level's size.

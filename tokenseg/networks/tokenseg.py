@@ -39,7 +39,7 @@ from tokenseg.networks.cells import token_grids
 from tokenseg.networks.click_cells import clicked_cells
 from tokenseg.networks.decoder import SparseToDenseDecoder
 from tokenseg.networks.dual_cross_attention import DualCrossAttention
-from tokenseg.networks.selection import SELECTION_MODES, select_tokens, select_tokens_per_level
+from tokenseg.networks.selection import SELECTION_MODES, select_tokens_per_level
 from tokenseg.networks.token_assembly import MultiLayerTokenAssembly
 from tokenseg.networks.tokenizer import BoundaryAwareTokenizer
 
@@ -234,9 +234,9 @@ class TokenSeg(nn.Module):
                     f"TokenSeg level {level} ({[s // 2**level for s in self.img_size]}) has room for "
                     f"{math.prod(grid)} of the {requested} requested tokens: grid {grid}."
                 )
-        self.num_tokens = sum(math.prod(g) for g in self.grids)
-        self.selection = selection
         cells_per_level = [math.prod(g) for g in self.grids]
+        self.num_tokens = sum(cells_per_level)
+        self.selection = selection
         self.kept_per_level = []
         if isinstance(num_kept_tokens, int) or selection == "all":
             self.num_kept_tokens = self.num_tokens if selection == "all" else int(num_kept_tokens)
@@ -334,34 +334,29 @@ class TokenSeg(nn.Module):
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self._check_input(x)
         selection_bonus = torch.zeros(1, device=x.device)
-        num_kept = self.num_kept_tokens
-        kept_per_level = self.kept_per_level
+        # the groups ranked apart: each level with K per level, else all N candidates as one
+        per_level = len(self.kept_per_level) > 0
+        group_sizes = self.decoder.cells_per_level if per_level else [self.num_tokens]
+        group_kept = self.kept_per_level if per_level else [self.num_kept_tokens]
         if self.keep_clicked_cells:
             guidance = x[:, x.shape[1] - self.guidance_channels :]
             clicked = clicked_cells(guidance, self.grids)  # (B, N)
             selection_bonus = self.click_score_bonus * clicked
-            # more clicked cells than K (a click marks a cell on every level): K grows so that every one stays kept
-            num_kept = max(num_kept, int(clicked.sum(dim=1).max().item()))
-            if len(kept_per_level) > 0:  # the same for each level's K_l
-                level_clicked = clicked.split(self.decoder.cells_per_level, dim=1)
-                kept_per_level = [max(k, int(c.sum(dim=1).max().item())) for k, c in zip(kept_per_level, level_clicked)]
+            # more clicked cells than a group's K (a click marks a cell on every level): that K grows so that every
+            # one stays kept
+            group_clicked = clicked.split(group_sizes, dim=1)
+            group_kept = [max(k, int(c.sum(dim=1).max().item())) for k, c in zip(group_kept, group_clicked)]
         features = self.encode(x)
         tokenized = self.tokenizer(features)
-        scores = tokenized.scores.float() + selection_bonus
-        if len(kept_per_level) > 0:
-            kept_indices, keep_mask = select_tokens_per_level(
-                scores,
-                kept_per_level,
-                self.decoder.cells_per_level,
-                self.selection,
-                self.training,
-                self.gumbel_tau,
-                self.random_eval_noise,
-            )
-        else:
-            kept_indices, keep_mask = select_tokens(
-                scores, num_kept, self.selection, self.training, self.gumbel_tau, self.random_eval_noise
-            )
+        kept_indices, keep_mask = select_tokens_per_level(
+            tokenized.scores.float() + selection_bonus,
+            group_kept,
+            group_sizes,
+            self.selection,
+            self.training,
+            self.gumbel_tau,
+            self.random_eval_noise,
+        )
         index = kept_indices[..., None].expand(-1, -1, tokenized.tokens.shape[-1])
         mixed = self.mixer(tokenized.tokens.gather(1, index))  # (B, K, E)
         # Kept tokens carry the mixer's output; the decoder zeroes the others with
